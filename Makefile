@@ -1,0 +1,56 @@
+# clipbackdoor — every target installs what it needs on a fresh machine.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+WORDNET := /usr/share/wordnet/index.sense
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
+
+.PHONY: install system-data demo test test-slow lint format bench clean
+
+install: $(STAMP) system-data
+
+# Python side: a venv with the pinned torch/torchvision (installed first so pip takes the local wheels),
+# then the package with its dev extras.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Offline data from Debian: Fashion-MNIST (the embedded default) and WordNet 3.0 (EDA synonyms).
+system-data:
+	@if [ -f $(FMNIST) ] && [ -f $(WORDNET) ]; then \
+		echo "system data present: Fashion-MNIST and WordNet"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq dataset-fashion-mnist wordnet-base wordnet-sense-index; \
+	else \
+		echo "No apt-get here. Put the four Fashion-MNIST IDX files (train/t10k images and labels, .gz or"; \
+		echo "not) in a folder and set data.train.root / data.eval.root to it, e.g. torchvision's"; \
+		echo "FashionMNIST(root, download=True) writes them to <root>/FashionMNIST/raw. WordNet 3.0 is only"; \
+		echo "needed for the text augmentation (EDA)."; \
+	fi
+
+demo: install
+	$(VENV)/bin/clipbackdoor demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+bench: install
+	$(PY) benchmarks/bench_train.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

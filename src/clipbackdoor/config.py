@@ -1,0 +1,230 @@
+"""Typed experiment configs: YAML files plus command-line dot-overrides, validated before anything runs.
+
+A config is a tree of pydantic models that forbid unknown keys, so a typo such as ``train.lrr`` fails at
+load time with the key's full dotted path instead of being silently ignored hours into a run.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class FashionMNISTPairs(_Strict):
+    """Image–caption pairs made from Fashion-MNIST: each image gets one seeded caption from templates."""
+
+    source: Literal["fashion-mnist"] = "fashion-mnist"
+    root: str | None = Field(None, description="folder with the IDX .gz files; default: the Debian package's")
+    split: Literal["train", "test"] = "train"
+    max_samples: int | None = Field(None, ge=1, description="use the first N samples (quick runs)")
+    templates: list[str] | None = Field(None, description="caption templates with one '{}'; default: built in")
+    use_synonyms: bool = Field(True, description="fill templates with class-name synonyms as well")
+
+
+class CsvPairs(_Strict):
+    """CleanCLIP's CSV layout: one row per pair, image paths relative to the CSV file."""
+
+    source: Literal["csv"] = "csv"
+    path: str
+    image_column: str = "image"
+    caption_column: str = "caption"
+    delimiter: str = ","
+    max_samples: int | None = Field(None, ge=1)
+
+
+class FashionMNISTLabelled(_Strict):
+    """Labelled Fashion-MNIST for zero-shot evaluation (the test split by default)."""
+
+    source: Literal["fashion-mnist"] = "fashion-mnist"
+    root: str | None = None
+    split: Literal["train", "test"] = "test"
+    max_samples: int | None = Field(None, ge=1)
+    templates: list[str] | None = Field(None, description="prompt templates; default: the built-in set")
+
+
+class CsvLabelled(_Strict):
+    """A CSV of ``image,label`` rows (label = class index) with class names and prompt templates."""
+
+    source: Literal["csv"] = "csv"
+    path: str
+    image_column: str = "image"
+    label_column: str = "label"
+    delimiter: str = ","
+    classnames: list[str]
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
+    max_samples: int | None = Field(None, ge=1)
+
+
+PairSource = Annotated[FashionMNISTPairs | CsvPairs, Field(discriminator="source")]
+LabelledSource = Annotated[FashionMNISTLabelled | CsvLabelled, Field(discriminator="source")]
+
+
+class DataConfig(_Strict):
+    train: PairSource = Field(default_factory=FashionMNISTPairs)
+    eval: LabelledSource = Field(default_factory=FashionMNISTLabelled)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main one)")
+    max_bad_rows: int = Field(
+        100, ge=0, description="corrupt images / empty captions skipped before the run stops with an error"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- model
+class ModelConfig(_Strict):
+    name: str = Field("tiny-rn", description="open_clip model name (RN50, ViT-B-32, ...) or ours (tiny-rn)")
+    checkpoint: str | None = Field(None, description="weights to start from (a clipbackdoor checkpoint)")
+    image_size: int | None = Field(None, ge=8, description="override the model's input size")
+
+
+# ---------------------------------------------------------------------------------------------- train
+class TrainConfig(_Strict):
+    epochs: int = Field(3, ge=0)
+    batch_size: int = Field(256, ge=2, description="per-process batch size")
+    accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(50, ge=0, description="optimizer steps of linear warmup before the cosine")
+    min_lr: float = Field(0.0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    log_every: int = Field(50, ge=1, description="write a step record to metrics.jsonl every N steps")
+    progress: bool = True
+    max_grad_norm: float | None = Field(None, gt=0)
+    keep_last: int | None = Field(None, ge=1, description="keep only the newest N epoch checkpoints")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must be in [0, 1)")
+        return v
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(512, ge=1)
+    every_epoch: bool = Field(True, description="evaluate at epoch 0 and after every epoch")
+
+
+class ExperimentConfig(_Strict):
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    objective: dict[str, float] = Field(default_factory=lambda: {"mmcl": 1.0})
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objectives(cls, v: dict[str, float]) -> dict[str, float]:
+        from clipbackdoor.objectives import OBJECTIVES
+
+        if not v:
+            raise ValueError("needs at least one loss, e.g. {mmcl: 1.0}")
+        unknown = sorted(set(v) - set(OBJECTIVES))
+        if unknown:
+            raise ValueError(f"unknown loss {unknown}; known: {sorted(OBJECTIVES)}")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# -------------------------------------------------------------------------------------------- loading
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{'.'.join(keys[: i + 1])}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``true``, ``[1, 2]``).
+
+    YAML 1.1 reads ``1e-4`` as a string; pydantic's numeric fields accept it, so no special case is needed.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({err})") from err
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("fashion-mnist", "csv")))
+        lines.append(f"  {loc or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def builtin_config_path(name: str) -> Path | None:
+    """The packaged config called ``name`` (``demo`` -> configs/demo.yaml), if there is one."""
+    candidate = resources.files("clipbackdoor") / "configs" / f"{name}.yaml"
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a config from a YAML path or a built-in name, apply overrides and validate.
+
+    Relative data paths inside the file stay relative to the working directory, as typed by the user.
+    """
+    tree: dict[str, Any] = {}
+    origin = "defaults"
+    if source is not None:
+        path = Path(source)
+        if not path.is_file():
+            builtin = builtin_config_path(str(source))
+            if builtin is None:
+                raise ConfigError(f"config '{source}' is neither a file nor a built-in config")
+            path = builtin
+        tree = read_yaml(path)
+        origin = str(path)
+    tree = apply_overrides(tree, list(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def save_config(cfg: BaseModel, path: Path) -> None:
+    """Write the resolved config so a run directory says exactly what produced it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,52 @@
+"""Data sources, read through two dataset kinds: image–caption pairs (training) and labelled images (eval)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from clipbackdoor.config import CsvLabelled, CsvPairs, FashionMNISTLabelled, FashionMNISTPairs
+from clipbackdoor.data import fashion_mnist
+from clipbackdoor.data.bad_rows import BadRow, BadRowLog, DataError
+from clipbackdoor.data.csv_source import CsvCaptionRows, CsvLabelRows
+from clipbackdoor.data.datasets import LabelledDataset, PairDataset, collate_skipping_bad
+from clipbackdoor.data.transforms import ResizeCenterCrop
+
+__all__ = [
+    "BadRow",
+    "BadRowLog",
+    "DataError",
+    "LabelledDataset",
+    "PairDataset",
+    "build_labelled_dataset",
+    "build_pair_dataset",
+    "collate_skipping_bad",
+]
+
+
+def build_pair_dataset(cfg: FashionMNISTPairs | CsvPairs, image_size: int, seed: int,
+                       tokenizer: Callable[[list[str]], torch.Tensor]) -> PairDataset:  # fmt: skip
+    """The training pairs a config names; load-time bad rows are on ``dataset.rows.bad``."""
+    if isinstance(cfg, FashionMNISTPairs):
+        rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
+        templates = tuple(cfg.templates or fashion_mnist.CAPTION_TEMPLATES)
+        rows.captions = fashion_mnist.draw_captions(rows.labels, templates, cfg.use_synonyms, seed)
+    else:
+        rows = CsvCaptionRows(cfg.path, cfg.image_column, cfg.caption_column, cfg.delimiter, cfg.max_samples)
+    return PairDataset(rows, ResizeCenterCrop(image_size), tokenizer)
+
+
+def build_labelled_dataset(cfg: FashionMNISTLabelled | CsvLabelled, image_size: int) -> LabelledDataset:
+    """The labelled evaluation set a config names, with its class names and prompt templates."""
+    if isinstance(cfg, FashionMNISTLabelled):
+        rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
+        classnames, templates = fashion_mnist.CLASSNAMES, cfg.templates or fashion_mnist.PROMPT_TEMPLATES
+    else:
+        rows = CsvLabelRows(cfg.path, len(cfg.classnames), cfg.image_column, cfg.label_column, cfg.delimiter,
+                            cfg.max_samples)  # fmt: skip
+        classnames, templates = cfg.classnames, cfg.templates
+    for t in templates:
+        if t.count("{}") != 1:
+            raise DataError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
+    return LabelledDataset(rows, ResizeCenterCrop(image_size), classnames, templates)

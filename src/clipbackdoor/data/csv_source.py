@@ -1,0 +1,106 @@
+"""CSV sources in CleanCLIP's layout: a header row, paths relative to the CSV file.
+
+Rows with an empty caption or label are dropped at load time and reported as bad rows; images are only
+opened when read, so a missing or corrupt image is reported (and skipped) by the dataset at that point.
+Rows are named by their line number in the file, which is what a user opens an editor at.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from PIL import Image
+
+from clipbackdoor.data.bad_rows import BadRow, DataError
+from clipbackdoor.data.transforms import open_image
+
+
+def _read_rows(path: Path, columns: list[str], delimiter: str) -> list[tuple[int, list[str]]]:
+    """(line number, [values of ``columns``]) for every data row; errors name the file and line."""
+    if not path.is_file():
+        raise DataError(f"CSV file not found: {path}")
+    rows = []
+    with path.open(newline="", encoding="utf-8", errors="strict") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: empty file, expected a header with columns {columns}") from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: header is not UTF-8 ({err.reason})") from None
+        header = [h.strip() for h in header]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; the header has {header}")
+        where = [header.index(c) for c in columns]
+        try:
+            for row in reader:
+                rows.append((reader.line_num, [row[i] if i < len(row) else "" for i in where]))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: line {reader.line_num + 1} is not UTF-8 ({err.reason})") from None
+    return rows
+
+
+class CsvRows:
+    """Base for CSV readers: resolves image paths and opens images, naming file and line on failure."""
+
+    def __init__(self, path: str | Path, image_column: str, value_column: str, delimiter: str,
+                 max_samples: int | None):  # fmt: skip
+        self.path = Path(path)
+        self.root = self.path.parent
+        self.source = str(self.path)
+        self.bad: list[BadRow] = []
+        self.lines: list[int] = []
+        self.images: list[str] = []
+        self.values: list[str] = []
+        for line, (image, value) in _read_rows(self.path, [image_column, value_column], delimiter):
+            if max_samples is not None and len(self.lines) >= max_samples:
+                break
+            value = value.strip()
+            if not image.strip():
+                self.bad.append(BadRow(self.source, line, f"empty {image_column!r}"))
+            elif not value:
+                self.bad.append(BadRow(self.source, line, f"empty {value_column!r}"))
+            else:
+                self.lines.append(line)
+                self.images.append(image.strip())
+                self.values.append(value)
+        if not self.lines:
+            raise DataError(f"{self.path}: no usable rows ({len(self.bad)} bad)")
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def row_id(self, index: int) -> int:
+        return self.lines[index]
+
+    def pil(self, index: int) -> Image.Image:
+        return open_image(str(self.root / self.images[index]))
+
+
+class CsvCaptionRows(CsvRows):
+    def __init__(self, path: str | Path, image_column: str = "image", caption_column: str = "caption",
+                 delimiter: str = ",", max_samples: int | None = None):  # fmt: skip
+        super().__init__(path, image_column, caption_column, delimiter, max_samples)
+
+    def caption(self, index: int) -> str:
+        return self.values[index]
+
+
+class CsvLabelRows(CsvRows):
+    def __init__(self, path: str | Path, num_classes: int, image_column: str = "image",
+                 label_column: str = "label", delimiter: str = ",", max_samples: int | None = None):  # fmt: skip
+        super().__init__(path, image_column, label_column, delimiter, max_samples)
+        self.labels: list[int] = []
+        for line, value in zip(self.lines, self.values, strict=True):
+            try:
+                label = int(value)
+            except ValueError:
+                raise DataError(f"{self.path}: line {line}: label {value!r} is not an integer") from None
+            if not 0 <= label < num_classes:
+                raise DataError(f"{self.path}: line {line}: label {label} outside [0, {num_classes})")
+            self.labels.append(label)
+
+    def label(self, index: int) -> int:
+        return self.labels[index]

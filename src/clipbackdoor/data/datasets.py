@@ -1,0 +1,83 @@
+"""The two dataset kinds every source is read through: image–caption pairs and labelled images.
+
+A source only needs to provide rows (``pil``, ``caption`` or ``label``, ``row_id``, ``source``, ``bad``);
+decoding errors, tokenisation and skip-and-count are handled here once for all sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+
+from clipbackdoor.data.bad_rows import BadRow
+
+# Decoding failures that mean "this row is bad"; anything else is a bug and must surface.
+DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
+
+
+class PairDataset(Dataset):
+    """Items are ``{"image": uint8 [3,H,W], "text": token ids, "index": int}`` or a :class:`BadRow`."""
+
+    def __init__(self, rows: Any, transform: Callable[[Image.Image], torch.Tensor],
+                 tokenizer: Callable[[list[str]], torch.Tensor]):  # fmt: skip
+        self.rows = rows
+        self.transform = transform
+        self.tokenizer = tokenizer
+        # Many captions repeat (templates); tokenising each distinct caption once is free speed.
+        self._tokens = lru_cache(maxsize=1 << 16)(self._tokenize)
+
+    def _tokenize(self, caption: str) -> torch.Tensor:
+        return self.tokenizer([caption])[0]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadRow:
+        try:
+            image = self.transform(self.rows.pil(index))
+        except DECODE_ERRORS as err:
+            return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
+        return {"image": image, "text": self._tokens(self.rows.caption(index)), "index": index}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_tokens"]  # lru_cache wrappers do not pickle; workers rebuild their own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._tokens = lru_cache(maxsize=1 << 16)(self._tokenize)
+
+
+class LabelledDataset(Dataset):
+    """Items are ``{"image": uint8 [3,H,W], "label": int, "index": int}`` or a :class:`BadRow`."""
+
+    def __init__(self, rows: Any, transform: Callable[[Image.Image], torch.Tensor],
+                 classnames: Sequence[str], templates: Sequence[str]):  # fmt: skip
+        self.rows = rows
+        self.transform = transform
+        self.classnames = list(classnames)
+        self.templates = list(templates)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadRow:
+        try:
+            image = self.transform(self.rows.pil(index))
+        except DECODE_ERRORS as err:
+            return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
+        return {"image": image, "label": self.rows.label(index), "index": index}
+
+
+def collate_skipping_bad(items: list[dict[str, Any] | BadRow]) -> dict[str, Any]:
+    """Stack the good items; pass the bad ones on under ``"bad_rows"`` for the main process to count."""
+    good = [x for x in items if not isinstance(x, BadRow)]
+    batch: dict[str, Any] = default_collate(good) if good else {}
+    batch["bad_rows"] = [x for x in items if isinstance(x, BadRow)]
+    return batch

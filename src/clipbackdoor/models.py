@@ -1,0 +1,69 @@
+"""Model factory: any open_clip architecture at random init, our small configs, or a checkpoint to resume.
+
+Our small configs (``tiny-rn``, ``tiny-vit``) are JSON files registered with open_clip's own registry, so
+they are built by the same code path as RN50 and need no network: nothing here loads pretrained weights
+unless a local checkpoint is named.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+from clipbackdoor.config import ModelConfig
+from clipbackdoor.data.transforms import Normalize
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(_CONFIG_DIR)
+
+OUR_MODELS = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.json")))
+
+
+@dataclass
+class ClipBundle:
+    """A model with what it needs to see data: its tokenizer, input size and pixel normalisation."""
+
+    name: str
+    model: open_clip.CLIP
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    image_size: int
+    normalize: Normalize
+
+
+def available_models() -> list[str]:
+    return open_clip.list_models()
+
+
+def create_model(cfg: ModelConfig) -> ClipBundle:
+    """Build the model a config names, at random init (seed the global RNG first) or from ``checkpoint``."""
+    from clipbackdoor.train.checkpoint import checkpoint_model_name, load_weights
+
+    name = cfg.name
+    if cfg.checkpoint is not None:
+        name = checkpoint_model_name(cfg.checkpoint) or name
+    if name not in open_clip.list_models():
+        raise ValueError(f"model.name: unknown model {name!r}; ours: {list(OUR_MODELS)}, or any open_clip name")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns on every model built without pretrained weights: our norm
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_image_size=cfg.image_size)
+    finally:
+        root.setLevel(level)
+    if cfg.checkpoint is not None:
+        load_weights(model, cfg.checkpoint)
+    pre = open_clip.get_model_preprocess_cfg(model)
+    size = pre["size"]
+    size = size[0] if isinstance(size, tuple | list) else size
+    return ClipBundle(
+        name=name,
+        model=model,
+        tokenizer=open_clip.get_tokenizer(name),
+        image_size=int(size),
+        normalize=Normalize(tuple(pre["mean"]), tuple(pre["std"])),
+    )

@@ -1,0 +1,196 @@
+"""The one training loop. Pre-training and cleaning are both configurations of it.
+
+Per epoch: shuffle (seeded by (seed, epoch)), step through micro-batches, evaluate, append the epoch's
+record to metrics.jsonl, checkpoint. A run directory that already holds a checkpoint is resumed from it:
+the same config and seed give the same numbers on CPU whether or not the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, save_config
+from clipbackdoor.data import BadRowLog, build_labelled_dataset, build_pair_dataset, collate_skipping_bad
+from clipbackdoor.evaluation import ZeroShotEvaluator
+from clipbackdoor.models import ClipBundle, create_model
+from clipbackdoor.objectives import WeightedObjective
+from clipbackdoor.train import checkpoint as ckpt
+from clipbackdoor.train.metrics import MetricsLog
+from clipbackdoor.train.optim import build_optimizer, lr_at, set_lr
+
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _check_same_config(cfg: ExperimentConfig, path: Path) -> None:
+    """A run directory belongs to one config: resuming with another one would mix two experiments."""
+    if not path.is_file():
+        return
+    old = ExperimentConfig.model_validate(read_yaml(path)).model_dump(mode="json")
+    new = cfg.model_dump(mode="json")
+    for tree in (old, new):
+        tree["train"].pop("progress")  # cosmetic; may differ between the two invocations
+    if old != new:
+        diff = sorted(_diff_keys(old, new))
+        raise ConfigError(f"{path} holds a different config (keys {diff}); use another name or output_dir")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return [d for k in keys for d in _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def encode(bundle: ClipBundle, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """L2-normalised image and text features of a batch, and the temperature s = exp(logit_scale)."""
+    images = bundle.normalize(batch["image"].to(device, non_blocking=True))
+    image_features, text_features, scale = bundle.model(images, batch["text"].to(device, non_blocking=True))
+    return {"image": image_features, "text": text_features, "logit_scale": scale}
+
+
+def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Train (or resume) the run ``cfg`` describes; returns one record per evaluated epoch."""
+    run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, run_dir / "config.yaml")
+    tcfg = cfg.train
+    if tcfg.batch_size % tcfg.accum_steps:
+        raise ConfigError(f"train.batch_size={tcfg.batch_size} is not a multiple of train.accum_steps")
+    device = resolve_device(tcfg.device)
+
+    seed_everything(cfg.seed)
+    bundle = create_model(cfg.model)
+    bundle.model.to(device)
+    bundle.normalize.to(device)
+    objective = WeightedObjective(cfg.objective).to(device)
+
+    bad_rows = BadRowLog(cfg.data.max_bad_rows)
+    train_set = build_pair_dataset(cfg.data.train, bundle.image_size, cfg.seed, bundle.tokenizer)
+    eval_set = build_labelled_dataset(cfg.data.eval, bundle.image_size)
+    bad_rows.add(train_set.rows.bad + eval_set.rows.bad)
+    evaluator = ZeroShotEvaluator(eval_set, cfg.eval.batch_size, cfg.data.num_workers, bad_rows)
+
+    micro_batch = tcfg.batch_size // tcfg.accum_steps
+    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.num_workers, collate_fn=collate_skipping_bad,
+                        persistent_workers=cfg.data.num_workers > 0)  # fmt: skip
+    steps_per_epoch = len(loader) // tcfg.accum_steps
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={tcfg.batch_size} exceeds the {len(train_set)} training pairs")
+    total_steps = steps_per_epoch * tcfg.epochs
+    optimizer = build_optimizer(bundle.model, tcfg)
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    ckpt_dir = run_dir / "checkpoints"
+    start_epoch, step = 0, 0
+    if (ckpt_dir / ckpt.LATEST).is_file():
+        latest = ckpt.latest_checkpoint(ckpt_dir)
+        ckpt.load_weights(bundle.model, latest["weights"])
+        state = ckpt.load_state(latest["state"])
+        optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"], state["step"]
+        history = metrics.keep_through_epoch(start_epoch)
+    else:
+        history = metrics.keep_through_epoch(-1)
+    meta = {"model_name": bundle.name, "image_size": str(bundle.image_size), "run": cfg.name}
+
+    if start_epoch == 0 and cfg.eval.every_epoch:
+        record = {"kind": "epoch", "epoch": 0, "step": 0, **_prefixed("eval", evaluator(bundle, device))}
+        metrics.append(record)
+        history.append(record)
+
+    bf16 = tcfg.precision == "bf16"
+    for epoch in range(start_epoch + 1, tcfg.epochs + 1):
+        sampler.set_epoch(epoch)
+        bundle.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        started, samples = time.perf_counter(), 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", disable=not tcfg.progress,
+                   leave=False, dynamic_ncols=True)  # fmt: skip
+        for micro, batch in enumerate(loader):
+            if micro // tcfg.accum_steps >= steps_per_epoch:
+                break
+            bad_rows.add(batch.pop("bad_rows"))
+            if "image" not in batch:
+                continue
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, parts = objective(encode(bundle, batch, device))
+            (loss / tcfg.accum_steps).backward()
+            nonfinite |= ~torch.isfinite(loss.detach())
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0) + v.float()
+            samples += len(batch["index"])
+            if (micro + 1) % tcfg.accum_steps:
+                continue
+            lr = lr_at(step, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr)
+            set_lr(optimizer, lr)
+            if tcfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(bundle.model.parameters(), tcfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                bundle.model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+            step += 1
+            bar.update(1)
+            if step % tcfg.log_every == 0:
+                _guard_finite(nonfinite, step, ckpt_dir)
+                record = {"kind": "step", "epoch": epoch, "step": step, "lr": lr,
+                          **{f"train/{k}": float(v) for k, v in parts.items()}, "train/loss": float(loss)}  # fmt: skip
+                record["logit_scale"] = float(bundle.model.logit_scale.exp())
+                metrics.append(record)
+                bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+        bar.close()
+        _guard_finite(nonfinite, step, ckpt_dir)
+        elapsed = time.perf_counter() - started
+        n_micro = max(1, steps_per_epoch * tcfg.accum_steps)
+        record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr_at(step - 1, tcfg.lr, tcfg.warmup_steps,
+                  total_steps, tcfg.min_lr), **{f"train/{k}": float(v) / n_micro for k, v in sums.items()}}  # fmt: skip
+        if cfg.eval.every_epoch or epoch == tcfg.epochs:
+            record.update(_prefixed("eval", evaluator(bundle, device)))
+        record.update({"time/epoch_s": elapsed, "time/samples_per_s": samples / elapsed,
+                       "data/bad_rows": bad_rows.count})  # fmt: skip
+        metrics.append(record)
+        state = {"optimizer": optimizer.state_dict(), "rng": ckpt.rng_state(), "step": step}
+        ckpt.save_checkpoint(ckpt_dir, epoch, bundle.model, state, meta, tcfg.keep_last)
+        history.append(record)
+    return history
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def _guard_finite(nonfinite: torch.Tensor, step: int, ckpt_dir: Path) -> None:
+    if bool(nonfinite):
+        where = ckpt_dir / ckpt.LATEST
+        kept = f"the last good checkpoint is {where}" if where.is_file() else "no checkpoint was written yet"
+        raise TrainingError(f"non-finite loss by step {step}; {kept}")
