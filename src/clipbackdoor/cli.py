@@ -14,8 +14,10 @@ def _records_table(records: list[dict]) -> str:
     lines = [f"{'epoch':>5}  {'top-1 %':>8}  {'top-5 %':>8}  {'train loss':>10}"]
     for r in records:
         loss = f"{r['train/loss']:.4f}" if "train/loss" in r else "-"
-        lines.append(f"{r['epoch']:>5}  {r.get('eval/clean_top1', float('nan')):8.2f}  "
-                     f"{r.get('eval/clean_top5', float('nan')):8.2f}  {loss:>10}")  # fmt: skip
+        lines.append(
+            f"{r['epoch']:>5}  {r.get('eval/clean_top1', float('nan')):8.2f}  "
+            f"{r.get('eval/clean_top5', float('nan')):8.2f}  {loss:>10}"
+        )
     return "\n".join(lines)
 
 
@@ -36,9 +38,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config("demo", args.overrides)
     records = fit(cfg)
     print(_records_table(records))
-    figure = plot_epoch_curves(records, {"eval/clean_top1": "zero-shot top-1", "eval/clean_top5": "top-5"},
-                               cfg.run_dir / "report" / "accuracy.png",
-                               f"{cfg.model.name} on Fashion-MNIST ({'+'.join(cfg.objective)})")  # fmt: skip
+    figure = plot_epoch_curves(
+        records,
+        {"eval/clean_top1": "zero-shot top-1", "eval/clean_top5": "top-5"},
+        cfg.run_dir / "report" / "accuracy.png",
+        f"{cfg.model.name} on Fashion-MNIST ({'+'.join(cfg.objective)})",
+    )
     print(f"final zero-shot top-1: {records[-1]['eval/clean_top1']:.2f}%  (figure: {figure})")
     return 0
 
@@ -68,9 +73,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     bad_rows.add(eval_set.rows.bad)
     result = ZeroShotEvaluator(eval_set, cfg.eval.batch_size, cfg.data.num_workers, bad_rows)(bundle, device)
-    record = {"checkpoint": str(weights), "epoch": int(meta.get("epoch", -1)), "model": bundle.name,
-              "eval_set": cfg.data.eval.model_dump(mode="json"), **{f"eval/{k}": v for k, v in result.items()},
-              "data/bad_rows": bad_rows.count}  # fmt: skip
+    record = {
+        "checkpoint": str(weights),
+        "epoch": int(meta.get("epoch", -1)),
+        "model": bundle.name,
+        "eval_set": cfg.data.eval.model_dump(mode="json"),
+        **{f"eval/{k}": v for k, v in result.items()},
+        "data/bad_rows": bad_rows.count,
+    }
     out = Path(args.out) if args.out else weights.with_suffix(".eval.json")
     out.write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))

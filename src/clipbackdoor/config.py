@@ -30,7 +30,9 @@ class FashionMNISTPairs(_Strict):
     root: str | None = Field(None, description="folder with the IDX .gz files; default: the Debian package's")
     split: Literal["train", "test"] = "train"
     max_samples: int | None = Field(None, ge=1, description="use the first N samples (quick runs)")
-    templates: list[str] | None = Field(None, description="caption templates with one '{}'; default: built in")
+    templates: list[str] | None = Field(
+        None, description="caption templates with one '{}'; default: built in"
+    )
     use_synonyms: bool = Field(True, description="fill templates with class-name synonyms as well")
 
 

@@ -25,8 +25,12 @@ __all__ = [
 ]
 
 
-def build_pair_dataset(cfg: FashionMNISTPairs | CsvPairs, image_size: int, seed: int,
-                       tokenizer: Callable[[list[str]], torch.Tensor]) -> PairDataset:  # fmt: skip
+def build_pair_dataset(
+    cfg: FashionMNISTPairs | CsvPairs,
+    image_size: int,
+    seed: int,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+) -> PairDataset:
     """The training pairs a config names; load-time bad rows are on ``dataset.rows.bad``."""
     if isinstance(cfg, FashionMNISTPairs):
         rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
@@ -43,8 +47,9 @@ def build_labelled_dataset(cfg: FashionMNISTLabelled | CsvLabelled, image_size: 
         rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
         classnames, templates = fashion_mnist.CLASSNAMES, cfg.templates or fashion_mnist.PROMPT_TEMPLATES
     else:
-        rows = CsvLabelRows(cfg.path, len(cfg.classnames), cfg.image_column, cfg.label_column, cfg.delimiter,
-                            cfg.max_samples)  # fmt: skip
+        rows = CsvLabelRows(
+            cfg.path, len(cfg.classnames), cfg.image_column, cfg.label_column, cfg.delimiter, cfg.max_samples
+        )
         classnames, templates = cfg.classnames, cfg.templates
     for t in templates:
         if t.count("{}") != 1:

@@ -11,14 +11,18 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True)
 class BadRow:
-    """A row that was skipped: where it came from, its index, and why."""
+    """A row that was skipped: where it came from, its position, and why.
+
+    ``index`` is the line number for file sources (``pairs.csv:17``, as editors and grep show it) and the
+    sample index for in-memory ones.
+    """
 
     source: str
     index: int
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.source} row {self.index}: {self.reason}"
+        return f"{self.source}:{self.index}: {self.reason}"
 
 
 @dataclass

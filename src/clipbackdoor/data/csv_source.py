@@ -45,8 +45,9 @@ def _read_rows(path: Path, columns: list[str], delimiter: str) -> list[tuple[int
 class CsvRows:
     """Base for CSV readers: resolves image paths and opens images, naming file and line on failure."""
 
-    def __init__(self, path: str | Path, image_column: str, value_column: str, delimiter: str,
-                 max_samples: int | None):  # fmt: skip
+    def __init__(
+        self, path: str | Path, image_column: str, value_column: str, delimiter: str, max_samples: int | None
+    ):
         self.path = Path(path)
         self.root = self.path.parent
         self.source = str(self.path)
@@ -80,8 +81,14 @@ class CsvRows:
 
 
 class CsvCaptionRows(CsvRows):
-    def __init__(self, path: str | Path, image_column: str = "image", caption_column: str = "caption",
-                 delimiter: str = ",", max_samples: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        image_column: str = "image",
+        caption_column: str = "caption",
+        delimiter: str = ",",
+        max_samples: int | None = None,
+    ):
         super().__init__(path, image_column, caption_column, delimiter, max_samples)
 
     def caption(self, index: int) -> str:
@@ -89,8 +96,15 @@ class CsvCaptionRows(CsvRows):
 
 
 class CsvLabelRows(CsvRows):
-    def __init__(self, path: str | Path, num_classes: int, image_column: str = "image",
-                 label_column: str = "label", delimiter: str = ",", max_samples: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        num_classes: int,
+        image_column: str = "image",
+        label_column: str = "label",
+        delimiter: str = ",",
+        max_samples: int | None = None,
+    ):
         super().__init__(path, image_column, label_column, delimiter, max_samples)
         self.labels: list[int] = []
         for line, value in zip(self.lines, self.values, strict=True):

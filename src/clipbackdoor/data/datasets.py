@@ -23,8 +23,12 @@ DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
 class PairDataset(Dataset):
     """Items are ``{"image": uint8 [3,H,W], "text": token ids, "index": int}`` or a :class:`BadRow`."""
 
-    def __init__(self, rows: Any, transform: Callable[[Image.Image], torch.Tensor],
-                 tokenizer: Callable[[list[str]], torch.Tensor]):  # fmt: skip
+    def __init__(
+        self,
+        rows: Any,
+        transform: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+    ):
         self.rows = rows
         self.transform = transform
         self.tokenizer = tokenizer
@@ -57,8 +61,13 @@ class PairDataset(Dataset):
 class LabelledDataset(Dataset):
     """Items are ``{"image": uint8 [3,H,W], "label": int, "index": int}`` or a :class:`BadRow`."""
 
-    def __init__(self, rows: Any, transform: Callable[[Image.Image], torch.Tensor],
-                 classnames: Sequence[str], templates: Sequence[str]):  # fmt: skip
+    def __init__(
+        self,
+        rows: Any,
+        transform: Callable[[Image.Image], torch.Tensor],
+        classnames: Sequence[str],
+        templates: Sequence[str],
+    ):
         self.rows = rows
         self.transform = transform
         self.classnames = list(classnames)

@@ -18,8 +18,17 @@ from clipbackdoor.data.bad_rows import DataError
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 CLASSNAMES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "t-shirt": ("t-shirt", "top", "tee"),
@@ -70,7 +79,9 @@ def _read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape))
     if len(data) - offset != expected:
-        raise DataError(f"{path}: expected {expected} bytes of data for shape {shape}, found {len(data) - offset}")
+        raise DataError(
+            f"{path}: expected {expected} bytes of data for shape {shape}, found {len(data) - offset}"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -111,8 +122,9 @@ def draw_captions(labels: np.ndarray, templates: tuple[str, ...], use_synonyms: 
 class FashionMNISTRows:
     """Rows of one split, in memory; ``caption`` is set for pair datasets, ``label`` always works."""
 
-    def __init__(self, root: str | Path | None, split: str, max_samples: int | None,
-                 captions: list[str] | None = None):  # fmt: skip
+    def __init__(
+        self, root: str | Path | None, split: str, max_samples: int | None, captions: list[str] | None = None
+    ):
         images, labels = load_arrays(root, split)
         if max_samples is not None:
             images, labels = images[:max_samples], labels[:max_samples]

@@ -17,13 +17,18 @@ from clipbackdoor.data import BadRowLog, LabelledDataset, collate_skipping_bad
 from clipbackdoor.models import ClipBundle
 
 
-def class_embeddings(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str],
-                     device: torch.device) -> torch.Tensor:  # fmt: skip
+def class_embeddings(
+    bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], device: torch.device
+) -> torch.Tensor:
     """[embed_dim, num_classes] zero-shot weights."""
     return build_zero_shot_classifier(
-        bundle.model, bundle.tokenizer, list(classnames), list(templates), num_classes_per_batch=None,
+        bundle.model,
+        bundle.tokenizer,
+        list(classnames),
+        list(templates),
+        num_classes_per_batch=None,
         device=device,
-    )  # fmt: skip
+    )
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> dict[int, int]:
@@ -40,8 +45,14 @@ class ZeroShotEvaluator:
     def __init__(self, dataset: LabelledDataset, batch_size: int, num_workers: int, bad_rows: BadRowLog):
         self.dataset = dataset
         self.bad_rows = bad_rows
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                 collate_fn=collate_skipping_bad, persistent_workers=num_workers > 0)  # fmt: skip
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate_skipping_bad,
+            persistent_workers=num_workers > 0,
+        )
 
     @torch.no_grad()
     def __call__(self, bundle: ClipBundle, device: torch.device) -> dict[str, float]:

@@ -9,10 +9,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
-def plot_epoch_curves(records: Sequence[dict[str, Any]], keys: dict[str, str], path: Path, title: str) -> Path:
+def plot_epoch_curves(
+    records: Sequence[dict[str, Any]], keys: dict[str, str], path: Path, title: str
+) -> Path:
     """One line per metric ``key`` (labelled ``keys[key]``) against epoch, saved as PNG or SVG."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=150)
     for key, label in keys.items():
@@ -20,6 +23,7 @@ def plot_epoch_curves(records: Sequence[dict[str, Any]], keys: dict[str, str], p
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)

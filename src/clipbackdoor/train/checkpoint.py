@@ -51,9 +51,14 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: expected a .safetensors checkpoint")
     state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{path}: does not fit the model: {str(err).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise ValueError(f"{path}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, str]:
@@ -87,8 +92,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
 
 
-def save_checkpoint(directory: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any],
-                    metadata: dict[str, str], keep_last: int | None = None) -> Path:  # fmt: skip
+def save_checkpoint(
+    directory: Path,
+    epoch: int,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    metadata: dict[str, str],
+    keep_last: int | None = None,
+) -> Path:
     """Write ``epoch_NNN.safetensors`` + ``epoch_NNN.state.pt``, then point ``latest.json`` at them."""
     stem = f"epoch_{epoch:03d}"
     weights, state_file = directory / f"{stem}.safetensors", directory / f"{stem}.state.pt"

@@ -97,10 +97,18 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
     evaluator = ZeroShotEvaluator(eval_set, cfg.eval.batch_size, cfg.data.num_workers, bad_rows)
 
     micro_batch = tcfg.batch_size // tcfg.accum_steps
-    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed, drop_last=True)
-    loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.num_workers, collate_fn=collate_skipping_bad,
-                        persistent_workers=cfg.data.num_workers > 0)  # fmt: skip
+    sampler = DistributedSampler(
+        train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=micro_batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate_skipping_bad,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
     steps_per_epoch = len(loader) // tcfg.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={tcfg.batch_size} exceeds the {len(train_set)} training pairs")
@@ -134,8 +142,13 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         sums: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         started, samples = time.perf_counter(), 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", disable=not tcfg.progress,
-                   leave=False, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{tcfg.epochs}",
+            disable=not tcfg.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for micro, batch in enumerate(loader):
             if micro // tcfg.accum_steps >= steps_per_epoch:
                 break
@@ -163,21 +176,37 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             bar.update(1)
             if step % tcfg.log_every == 0:
                 _guard_finite(nonfinite, step, ckpt_dir)
-                record = {"kind": "step", "epoch": epoch, "step": step, "lr": lr,
-                          **{f"train/{k}": float(v) for k, v in parts.items()}, "train/loss": float(loss)}  # fmt: skip
-                record["logit_scale"] = float(bundle.model.logit_scale.exp())
+                record = {
+                    "kind": "step",
+                    "epoch": epoch,
+                    "step": step,
+                    "lr": lr,
+                    **{f"train/{k}": float(v) for k, v in parts.items()},
+                    "train/loss": float(loss.detach()),
+                }
+                record["logit_scale"] = float(bundle.model.logit_scale.detach().exp())
                 metrics.append(record)
                 bar.set_postfix(loss=f"{record['train/loss']:.3f}")
         bar.close()
         _guard_finite(nonfinite, step, ckpt_dir)
         elapsed = time.perf_counter() - started
         n_micro = max(1, steps_per_epoch * tcfg.accum_steps)
-        record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr_at(step - 1, tcfg.lr, tcfg.warmup_steps,
-                  total_steps, tcfg.min_lr), **{f"train/{k}": float(v) / n_micro for k, v in sums.items()}}  # fmt: skip
+        record = {
+            "kind": "epoch",
+            "epoch": epoch,
+            "step": step,
+            "lr": lr_at(step - 1, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr),
+            **{f"train/{k}": float(v) / n_micro for k, v in sums.items()},
+        }
         if cfg.eval.every_epoch or epoch == tcfg.epochs:
             record.update(_prefixed("eval", evaluator(bundle, device)))
-        record.update({"time/epoch_s": elapsed, "time/samples_per_s": samples / elapsed,
-                       "data/bad_rows": bad_rows.count})  # fmt: skip
+        record.update(
+            {
+                "time/epoch_s": elapsed,
+                "time/samples_per_s": samples / elapsed,
+                "data/bad_rows": bad_rows.count,
+            }
+        )
         metrics.append(record)
         state = {"optimizer": optimizer.state_dict(), "rng": ckpt.rng_state(), "step": step}
         ckpt.save_checkpoint(ckpt_dir, epoch, bundle.model, state, meta, tcfg.keep_last)

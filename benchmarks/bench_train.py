@@ -1,0 +1,138 @@
+"""Pre-training throughput: our training loop against a plain open_clip loop on the same model and data.
+
+Both loops read the same DataLoader (same dataset, batch size and order) and run the same model, loss and
+optimizer, so their ratio is the overhead our loop adds (metrics, checkpoints, schedule, guards); the
+target is ≥ 0.95. The model's FLOP/s is also given as a share of this machine's measured fp32 matmul peak.
+
+    python benchmarks/bench_train.py            # writes benchmarks/results/train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from open_clip.loss import ClipLoss
+from torch.utils.data import DataLoader, DistributedSampler
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import count_flops, machine, matmul_peak_flops, write_result
+
+from clipbackdoor.config import load_config
+from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
+from clipbackdoor.models import create_model
+from clipbackdoor.train.loop import fit
+
+
+def ours(model: str, batch: int, steps: int, workdir: Path, tag: str) -> float:
+    cfg = load_config(
+        "demo",
+        [
+            f"name=bench-{tag}",
+            f"output_dir={workdir}",
+            f"model.name={model}",
+            "train.epochs=1",
+            f"train.batch_size={batch}",
+            f"data.train.max_samples={batch * steps}",
+            "data.eval.max_samples=100",
+            "eval.every_epoch=false",
+            "train.progress=false",
+            "train.warmup_steps=2",
+        ],
+    )
+    return fit(cfg)[-1]["time/samples_per_s"]
+
+
+def plain_open_clip(model_name: str, batch: int, steps: int, seed: int = 0) -> float:
+    """The loop a researcher would write by hand with open_clip: forward, ClipLoss, backward, AdamW step."""
+    torch.manual_seed(seed)
+    bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
+    model, normalize = bundle.model, bundle.normalize
+    cfg = load_config("demo", [f"data.train.max_samples={batch * steps}"])
+    dataset = build_pair_dataset(cfg.data.train, bundle.image_size, seed, bundle.tokenizer)
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(
+        dataset, batch_size=batch, sampler=sampler, drop_last=True, collate_fn=collate_skipping_bad
+    )
+    loss_fn = ClipLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    model.train()
+    start, samples = time.perf_counter(), 0
+    for b in loader:
+        image_features, text_features, scale = model(normalize(b["image"]), b["text"])
+        loss = loss_fn(image_features, text_features, scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        samples += len(b["index"])
+    return samples / (time.perf_counter() - start)
+
+
+def flops_per_sample(model_name: str, batch: int) -> float:
+    bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
+    images = torch.rand(batch, 3, bundle.image_size, bundle.image_size)
+    texts = bundle.tokenizer(["a photo of a bag."] * batch)
+
+    def step() -> None:
+        i, t, s = bundle.model(bundle.normalize(images), texts)
+        ClipLoss()(i, t, s).backward()
+
+    return count_flops(step) / batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny-rn")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved runs of each loop; medians reported"
+    )
+    args = parser.parse_args()
+
+    peak = matmul_peak_flops()
+    ours_runs, plain_runs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):  # interleaved, so drift in machine load hits both alike
+            ours_runs.append(ours(args.model, args.batch, args.steps, Path(tmp), str(r)))
+            plain_runs.append(plain_open_clip(args.model, args.batch, args.steps))
+    ours_sps, plain_sps = statistics.median(ours_runs), statistics.median(plain_runs)
+    flops = flops_per_sample(args.model, args.batch)
+    payload = {
+        "benchmark": "train",
+        "machine": machine(),
+        "setup": {
+            "model": args.model,
+            "batch": args.batch,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "data": "Fashion-MNIST, decoded by the loader",
+            "objective": "mmcl",
+            "precision": "fp32",
+        },
+        "results": {
+            "ours_samples_per_s": ours_runs,
+            "open_clip_samples_per_s": plain_runs,
+            "train_flops_per_sample": flops,
+            "matmul_peak_flops": peak,
+        },
+        "summary": {
+            "loop_vs_open_clip": ours_sps / plain_sps,
+            "matmul_peak_share": ours_sps * flops / peak,
+            "ours_samples_per_s": ours_sps,
+            "open_clip_samples_per_s": plain_sps,
+        },
+    }
+    path = write_result("train", payload)
+    print(f"{path}: {payload['summary']}")
+
+
+if __name__ == "__main__":
+    main()

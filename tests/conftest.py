@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny Fashion-MNIST-format dataset written to disk, and a tiny run config."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipbackdoor.config import ExperimentConfig, load_config
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) in the IDX format Fashion-MNIST uses, gzipped."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def class_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """28×28 images whose bright stripe position encodes the class, plus noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, size=(len(labels), 28, 28))
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label : 4 + 2 * label, :] = 255
+    return images.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fmnist")
+    for n, prefix in ((256, "train"), (100, "t10k")):
+        labels = np.arange(n) % 10
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", class_images(labels, seed=n))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
+    base = {
+        "name": "tiny",
+        "output_dir": str(out),
+        "data.train.root": str(root),
+        "data.eval.root": str(root),
+        "data.train.max_samples": 64,
+        "data.eval.max_samples": 40,
+        "model.name": "tiny-rn",
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "train.warmup_steps": 2,
+        "train.log_every": 2,
+        "train.progress": False,
+        "eval.batch_size": 20,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def tiny_cfg(fmnist_root: Path, tmp_path: Path) -> ExperimentConfig:
+    return load_config("demo", tiny_overrides(fmnist_root, tmp_path / "runs"))

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from clipbackdoor.config import ConfigError, CsvPairs, apply_overrides, load_config
+
+
+def test_builtin_demo_config_loads() -> None:
+    cfg = load_config("demo")
+    assert cfg.model.name == "tiny-rn"
+    assert cfg.objective == {"mmcl": 1.0}
+
+
+def test_overrides_set_nested_values_with_yaml_types() -> None:
+    cfg = load_config(
+        "demo", ["train.lr=1e-4", "train.epochs=7", "train.betas=[0.8, 0.9]", "train.progress=false"]
+    )
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.train.epochs == 7
+    assert cfg.train.betas == (0.8, 0.9)
+    assert cfg.train.progress is False
+
+
+def test_override_replaces_a_whole_section() -> None:
+    cfg = load_config("demo", ["data.train={source: csv, path: /x/train.csv}"])
+    assert isinstance(cfg.data.train, CsvPairs)
+    assert cfg.data.train.path == "/x/train.csv"
+    # Switching only the source keeps the old source's keys, which the new one rejects by name.
+    with pytest.raises(ConfigError, match=r"data\.train\.split"):
+        load_config("demo", ["data.train.source=csv", "data.train.path=/x/train.csv"])
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train\.lrr"):
+        load_config("demo", ["train.lrr=0.1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  nmae: RN50\n")
+    with pytest.raises(ConfigError, match=r"model\.nmae") as err:
+        load_config(bad)
+    assert str(bad) in str(err.value)
+
+
+def test_wrong_type_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_config("demo", ["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"train\.precision"):
+        load_config("demo", ["train.precision=fp8"])
+
+
+def test_unknown_objective_and_bad_override_syntax() -> None:
+    with pytest.raises(ConfigError, match=r"objective.*unknown loss"):
+        load_config("demo", ["objective={mmcl: 1.0, nope: 2.0}"])
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
+        load_config("demo", ["train.lr"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"train": 3}, ["train.lr=1"])
+
+
+def test_missing_config_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="neither a file nor a built-in"):
+        load_config("no-such-config")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)

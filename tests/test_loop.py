@@ -1,0 +1,84 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipbackdoor.config import ConfigError, load_config
+from clipbackdoor.train import checkpoint as ckpt
+from clipbackdoor.train import loop
+from clipbackdoor.train.loop import TrainingError, fit
+
+from .conftest import tiny_overrides
+
+TIMING = ("time/epoch_s", "time/samples_per_s")
+
+
+def _comparable(run_dir: Path) -> list[dict]:
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_fit_writes_a_run_directory(tiny_cfg) -> None:
+    history = fit(tiny_cfg)
+    run = tiny_cfg.run_dir
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    assert (run / "config.yaml").is_file()
+    assert load_config(run / "config.yaml") == tiny_cfg
+    steps = [r for r in _comparable(run) if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8]  # 64 pairs / batch 16 = 4 steps per epoch, log every 2
+    assert all(0 <= r["logit_scale"] <= 100 for r in steps)
+    assert history[-1]["train/loss"] < history[1]["train/loss"]
+    assert 0 <= history[-1]["eval/clean_top1"] <= 100
+    assert ckpt.latest_checkpoint(run)["epoch"] == 2
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(
+    fmnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = load_config("demo", tiny_overrides(fmnist_root, tmp_path / "a", **{"train.epochs": 3}))
+    fit(whole)
+
+    resumed = load_config("demo", tiny_overrides(fmnist_root, tmp_path / "b", **{"train.epochs": 3}))
+    real_save = ckpt.save_checkpoint
+
+    def crash_after_first_epoch(directory, epoch, *args, **kwargs):
+        path = real_save(directory, epoch, *args, **kwargs)
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return path
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(resumed)
+    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    # Leave a stale record behind, as a crash between the metrics append and the checkpoint would.
+    with (resumed.run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"kind": "epoch", "epoch": 2, "step": 99}) + "\n")
+    fit(resumed)
+
+    assert _comparable(resumed.run_dir) == _comparable(whole.run_dir)
+    a = load_file(ckpt.latest_checkpoint(whole.run_dir)["weights"])
+    b = load_file(ckpt.latest_checkpoint(resumed.run_dir)["weights"])
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_directory_refuses_a_different_config(tiny_cfg) -> None:
+    fit(tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 0})}))
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        fit(tiny_cfg)
+
+
+def test_non_finite_loss_stops_the_run(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_encode = loop.encode
+
+    def poisoned_encode(bundle, batch, device):
+        features = real_encode(bundle, batch, device)
+        features["logit_scale"] = features["logit_scale"] * float("nan")
+        return features
+
+    monkeypatch.setattr(loop, "encode", poisoned_encode)
+    with pytest.raises(TrainingError, match="non-finite loss by step 2; no checkpoint"):
+        fit(tiny_cfg)
