@@ -38,8 +38,9 @@ def ours(model: str, batch: int, steps: int, workdir: Path, tag: str) -> float:
             f"model.name={model}",
             "train.epochs=1",
             f"train.batch_size={batch}",
-            f"data.train.max_samples={batch * steps}",
+            f"data.train={{source: fashion-mnist, max_samples: {batch * steps}}}",
             "data.eval.max_samples=100",
+            "eval.attack=null",
             "eval.every_epoch=false",
             "train.progress=false",
             "train.warmup_steps=2",
@@ -53,12 +54,10 @@ def plain_open_clip(model_name: str, batch: int, steps: int, seed: int = 0) -> f
     torch.manual_seed(seed)
     bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
     model, normalize = bundle.model, bundle.normalize
-    cfg = load_config("demo", [f"data.train.max_samples={batch * steps}"])
+    cfg = load_config("demo", [f"data.train={{source: fashion-mnist, max_samples: {batch * steps}}}"])
     dataset = build_pair_dataset(cfg.data.train, bundle.image_size, seed, bundle.tokenizer)
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(
-        dataset, batch_size=batch, sampler=sampler, drop_last=True, collate_fn=collate_skipping_bad
-    )
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, collate_fn=collate_skipping_bad)
     loss_fn = ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     model.train()
@@ -86,15 +85,11 @@ def flops_per_sample(model_name: str, batch: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-rn")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="interleaved runs of each loop; medians reported"
-    )
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each loop; medians reported")
     args = parser.parse_args()
 
     peak = matmul_peak_flops()

@@ -41,10 +41,9 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
     base = {
         "name": "tiny",
         "output_dir": str(out),
-        "data.train.root": str(root),
-        "data.eval.root": str(root),
-        "data.train.max_samples": 64,
-        "data.eval.max_samples": 40,
+        "data.train": f"{{source: fashion-mnist, root: {root}, max_samples: 64}}",
+        "data.eval": f"{{source: fashion-mnist, root: {root}, max_samples: 40}}",
+        "eval.attack": "null",
         "model.name": "tiny-rn",
         "train.epochs": 2,
         "train.batch_size": 16,

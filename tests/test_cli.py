@@ -26,3 +26,24 @@ def test_one_epoch_pretrain_then_evaluate(fmnist_root: Path, tmp_path: Path, cap
 def test_config_errors_exit_with_status_2(capsys) -> None:
     assert main(["pretrain", "demo", "train.lrr=1"]) == 2
     assert "train.lrr" in capsys.readouterr().err
+
+
+def test_poison_then_pretrain_records_asr_every_epoch(fmnist_root: Path, tmp_path: Path) -> None:
+    data = tmp_path / "poisoned"
+    overrides = [
+        *tiny_overrides(fmnist_root, tmp_path / "runs", **{"train.epochs": 1, "name": "p"}),
+        f"poison.output={data}",
+        f"poison.source.root={fmnist_root}",
+        "poison.num_poisons=8",
+        "poison.cleaning.size=20",
+        f"data.train={{source: csv, path: {data}/train.csv}}",
+        f"eval.attack={data}/manifest.json",
+    ]
+    assert main(["poison", "demo", *overrides]) == 0
+    assert (data / "manifest.json").is_file() and (data / "cleaning.csv").is_file()
+    assert main(["pretrain", "demo", *overrides]) == 0
+    epochs = [r for r in read_records(tmp_path / "runs" / "p" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    for r in epochs:
+        assert r["eval/n_triggered"] == 36  # 40 eval images, 4 of them of the target class "bag"
+        assert 0 <= r["eval/asr_top1"] <= 100 and 0 <= r["eval/ra_top1"] <= 100

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from clipbackdoor.config import ConfigError, CsvPairs, apply_overrides, load_config
+from clipbackdoor.config import ConfigError, CsvPairs, FashionMNISTPairs, apply_overrides, load_config
 
 
 def test_builtin_demo_config_loads() -> None:
@@ -12,9 +12,7 @@ def test_builtin_demo_config_loads() -> None:
 
 
 def test_overrides_set_nested_values_with_yaml_types() -> None:
-    cfg = load_config(
-        "demo", ["train.lr=1e-4", "train.epochs=7", "train.betas=[0.8, 0.9]", "train.progress=false"]
-    )
+    cfg = load_config("demo", ["train.lr=1e-4", "train.epochs=7", "train.betas=[0.8, 0.9]", "train.progress=false"])
     assert cfg.train.lr == pytest.approx(1e-4)
     assert cfg.train.epochs == 7
     assert cfg.train.betas == (0.8, 0.9)
@@ -25,9 +23,11 @@ def test_override_replaces_a_whole_section() -> None:
     cfg = load_config("demo", ["data.train={source: csv, path: /x/train.csv}"])
     assert isinstance(cfg.data.train, CsvPairs)
     assert cfg.data.train.path == "/x/train.csv"
+    cfg = load_config("demo", ["data.train={source: fashion-mnist, max_samples: 10}"])
+    assert isinstance(cfg.data.train, FashionMNISTPairs) and cfg.data.train.max_samples == 10
     # Switching only the source keeps the old source's keys, which the new one rejects by name.
-    with pytest.raises(ConfigError, match=r"data\.train\.split"):
-        load_config("demo", ["data.train.source=csv", "data.train.path=/x/train.csv"])
+    with pytest.raises(ConfigError, match=r"data\.train\.path"):
+        load_config("demo", ["data.train.source=fashion-mnist"])
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:

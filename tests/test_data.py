@@ -46,9 +46,7 @@ def test_fashion_mnist_idx_errors_name_the_file(tmp_path: Path) -> None:
         fm.load_arrays(tmp_path, "train")
 
 
-@pytest.mark.skipif(
-    not (fm.DEFAULT_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(), reason="Debian data absent"
-)
+@pytest.mark.skipif(not (fm.DEFAULT_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(), reason="Debian data absent")
 def test_real_fashion_mnist_files() -> None:
     images, labels = fm.load_arrays(None, "test")
     assert images.shape == (10000, 28, 28)
@@ -110,9 +108,7 @@ def test_csv_missing_column_and_missing_file(tmp_path: Path) -> None:
     csv.write_text("filepath,title\nx.png,hello\n")
     with pytest.raises(DataError, match=r"missing column\(s\) \['image', 'caption'\]"):
         build_pair_dataset(CsvPairs(path=str(csv)), 32, 0, TOKENIZER)
-    ds = build_pair_dataset(
-        CsvPairs(path=str(csv), image_column="filepath", caption_column="title"), 32, 0, TOKENIZER
-    )
+    ds = build_pair_dataset(CsvPairs(path=str(csv), image_column="filepath", caption_column="title"), 32, 0, TOKENIZER)
     assert len(ds) == 1
     with pytest.raises(DataError, match="CSV file not found"):
         build_pair_dataset(CsvPairs(path=str(tmp_path / "nope.csv")), 32, 0, TOKENIZER)

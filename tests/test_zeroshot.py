@@ -64,9 +64,7 @@ def test_class_embeddings_average_normalised_templates() -> None:
     assert weights.shape == (C + T, C)
     per_template = torch.stack(
         [
-            F.normalize(
-                FakeClip().encode_text(fake_tokenizer([t.format(c) for t in TEMPLATES])), dim=-1
-            ).mean(0)
+            F.normalize(FakeClip().encode_text(fake_tokenizer([t.format(c) for t in TEMPLATES])), dim=-1).mean(0)
             for c in CLASSES
         ],
         dim=1,
@@ -90,3 +88,51 @@ def test_evaluator_on_a_constructed_classifier() -> None:
     assert result["n"] == 10
     assert result["clean_top1"] == 80.0
     assert result["clean_top5"] == 100.0
+
+
+class BackdooredFakeClip(FakeClip):
+    """Predicts the class shown in pixel (7, 7); a white top-left corner flips all but class 3 to the target."""
+
+    target = 2
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        cls = (images[:, 0, 7, 7] * 255 / 10).round().long()
+        triggered = images[:, 0, 0, 0] > 0.99
+        pred = torch.where(triggered & (cls != 3), torch.full_like(cls, self.target), cls)
+        out = F.one_hot(pred, C + T).float()
+        return F.normalize(out, dim=-1) if normalize else out
+
+
+class CornerRows(FakeRows):
+    def pil(self, i: int) -> Image.Image:
+        image = Image.new("L", (8, 8), 0)
+        image.putpixel((7, 7), 10 * self.shown[i])
+        return image
+
+
+def test_asr_and_robust_accuracy_exclude_the_target_class() -> None:
+    from clipbackdoor.attacks import build_trigger
+    from clipbackdoor.evaluation import Attack
+
+    labels = [0, 1, 2, 3, 4] * 2
+    dataset = LabelledDataset(CornerRows(labels, labels), ResizeCenterCrop(8), CLASSES, TEMPLATES)
+    trigger = build_trigger(
+        {
+            "name": "badnet",
+            "pattern": "solid",
+            "color": [1, 1, 1],
+            "size": 2,
+            "reference_size": 8,
+            "location": "top-left",
+        }
+    )
+    evaluator = ZeroShotEvaluator(
+        dataset, batch_size=3, num_workers=0, bad_rows=BadRowLog(0), attack=Attack(trigger, target=2)
+    )
+    bundle = ClipBundle("fake", BackdooredFakeClip(), fake_tokenizer, 8, Normalize((0.0,) * 3, (1.0,) * 3))
+    result = evaluator(bundle, torch.device("cpu"))
+    assert result["clean_top1"] == 100.0  # no trigger, no effect
+    assert result["n_triggered"] == 8  # the two target-class images are not in the denominator
+    assert result["asr_top1"] == 75.0  # classes 0, 1 and 4 flip to the target
+    assert result["ra_top1"] == 25.0  # class 3 keeps its true class
+    assert result["asr_top5"] == 100.0  # 5 classes: the target is always in the top 5

@@ -9,16 +9,38 @@ from pathlib import Path
 
 from clipbackdoor.config import ConfigError, load_config
 
+COLUMNS = {
+    "eval/clean_top1": "CA top-1 %",
+    "eval/clean_top5": "CA top-5 %",
+    "eval/asr_top1": "ASR top-1 %",
+    "eval/ra_top1": "RA top-1 %",
+    "train/loss": "train loss",
+}
+
 
 def _records_table(records: list[dict]) -> str:
-    lines = [f"{'epoch':>5}  {'top-1 %':>8}  {'top-5 %':>8}  {'train loss':>10}"]
+    """Per-epoch table of whichever metrics the records hold."""
+    keys = [k for k in COLUMNS if any(k in r for r in records)]
+    lines = ["epoch" + "".join(f"{COLUMNS[k]:>13}" for k in keys)]
     for r in records:
-        loss = f"{r['train/loss']:.4f}" if "train/loss" in r else "-"
-        lines.append(
-            f"{r['epoch']:>5}  {r.get('eval/clean_top1', float('nan')):8.2f}  "
-            f"{r.get('eval/clean_top5', float('nan')):8.2f}  {loss:>10}"
-        )
+        cells = "".join(f"{r[k]:13.2f}" if k in r else f"{'-':>13}" for k in keys)
+        lines.append(f"{r['epoch']:>5}{cells}")
     return "\n".join(lines)
+
+
+def cmd_poison(args: argparse.Namespace) -> int:
+    from clipbackdoor.attacks.poison import write_poisoned_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.poison is None:
+        raise ConfigError(f"{args.config}: no 'poison' section")
+    manifest = write_poisoned_dataset(cfg.poison)
+    print(
+        f"{cfg.poison.output}: {manifest.num_rows} pairs, {len(manifest.poison_rows)} poisoned "
+        f"({manifest.mode}, trigger {manifest.trigger['name']}, target {manifest.target!r})"
+        + (f", cleaning set of {manifest.cleaning['size']}" if manifest.cleaning else "")
+    )
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -36,21 +58,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from clipbackdoor.train.loop import fit
 
     cfg = load_config("demo", args.overrides)
+    if cfg.poison is not None:
+        from clipbackdoor.attacks.poison import write_poisoned_dataset
+
+        write_poisoned_dataset(cfg.poison, progress=cfg.train.progress)
     records = fit(cfg)
     print(_records_table(records))
     figure = plot_epoch_curves(
         records,
-        {"eval/clean_top1": "zero-shot top-1", "eval/clean_top5": "top-5"},
+        {"eval/clean_top1": "clean accuracy (top-1)", "eval/asr_top1": "attack success rate (top-1)"},
         cfg.run_dir / "report" / "accuracy.png",
         f"{cfg.model.name} on Fashion-MNIST ({'+'.join(cfg.objective)})",
     )
-    print(f"final zero-shot top-1: {records[-1]['eval/clean_top1']:.2f}%  (figure: {figure})")
+    last = records[-1]
+    asr = f", ASR {last['eval/asr_top1']:.2f}%" if "eval/asr_top1" in last else ""
+    print(f"final: clean zero-shot top-1 {last['eval/clean_top1']:.2f}%{asr}  (figure: {figure})")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from clipbackdoor.data import BadRowLog, build_labelled_dataset
-    from clipbackdoor.evaluation import ZeroShotEvaluator
+    from clipbackdoor.data import BadRowLog
+    from clipbackdoor.evaluation import build_evaluator
     from clipbackdoor.models import create_model
     from clipbackdoor.train import checkpoint as ckpt
     from clipbackdoor.train.loop import resolve_device
@@ -69,10 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundle = create_model(cfg.model)
     device = resolve_device(cfg.train.device)
     bundle.model.to(device)
-    eval_set = build_labelled_dataset(cfg.data.eval, bundle.image_size)
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
-    bad_rows.add(eval_set.rows.bad)
-    result = ZeroShotEvaluator(eval_set, cfg.eval.batch_size, cfg.data.num_workers, bad_rows)(bundle, device)
+    result = build_evaluator(cfg, bundle.image_size, bad_rows)(bundle, device)
     record = {
         "checkpoint": str(weights),
         "epoch": int(meta.get("epoch", -1)),
@@ -98,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_pretrain)
 
+    p = sub.add_parser("poison", help="write a poisoned dataset (CSV + PNG + manifest) from a config's poison section")
+    p.add_argument("config", help="YAML file or built-in config name")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_poison)
+
     p = sub.add_parser("evaluate", help="zero-shot accuracy of a checkpoint, written as a JSON record")
     p.add_argument("checkpoint", help="a .safetensors file, a checkpoints/ folder or a run directory")
     p.add_argument("--config", help="config whose data.eval set to use (default: the run's own config)")
@@ -105,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the embedded default: tiny CLIP on Fashion-MNIST, a few minutes on CPU")
+    p = sub.add_parser("demo", help="the embedded default: poison Fashion-MNIST, pre-train a tiny CLIP, CA and ASR")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_demo)
     return parser

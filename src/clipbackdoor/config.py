@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -22,6 +22,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _one_placeholder(template: str) -> str:
+    if template.count("{}") != 1:
+        raise ValueError(f"template {template!r} must contain exactly one '{{}}' for the class name")
+    return template
+
+
+Template = Annotated[str, AfterValidator(_one_placeholder)]
+
+
 # ----------------------------------------------------------------------------------------------- data
 class FashionMNISTPairs(_Strict):
     """Image–caption pairs made from Fashion-MNIST: each image gets one seeded caption from templates."""
@@ -30,9 +39,7 @@ class FashionMNISTPairs(_Strict):
     root: str | None = Field(None, description="folder with the IDX .gz files; default: the Debian package's")
     split: Literal["train", "test"] = "train"
     max_samples: int | None = Field(None, ge=1, description="use the first N samples (quick runs)")
-    templates: list[str] | None = Field(
-        None, description="caption templates with one '{}'; default: built in"
-    )
+    templates: list[Template] | None = Field(None, description="caption templates with one '{}'; default: built in")
     use_synonyms: bool = Field(True, description="fill templates with class-name synonyms as well")
 
 
@@ -54,7 +61,7 @@ class FashionMNISTLabelled(_Strict):
     root: str | None = None
     split: Literal["train", "test"] = "test"
     max_samples: int | None = Field(None, ge=1)
-    templates: list[str] | None = Field(None, description="prompt templates; default: the built-in set")
+    templates: list[Template] | None = Field(None, description="prompt templates; default: the built-in set")
 
 
 class CsvLabelled(_Strict):
@@ -66,7 +73,7 @@ class CsvLabelled(_Strict):
     label_column: str = "label"
     delimiter: str = ","
     classnames: list[str]
-    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
+    templates: list[Template] = Field(default_factory=lambda: ["a photo of a {}."])
     max_samples: int | None = Field(None, ge=1)
 
 
@@ -119,6 +126,42 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     batch_size: int = Field(512, ge=1)
     every_epoch: bool = Field(True, description="evaluate at epoch 0 and after every epoch")
+    attack: str | None = Field(
+        None, description="a poison manifest.json: adds attack success rate and robust accuracy, same pass"
+    )
+
+
+# --------------------------------------------------------------------------------------------- poison
+class TargetConfig(_Strict):
+    name: str = Field(description="target class name, as written in captions and in the eval class names")
+    templates: list[Template] | None = Field(None, description="caption templates for dirty-label poisons")
+    aliases: list[str] = Field(
+        default_factory=list, description="other words that name the target (label-consistent selection)"
+    )
+
+
+class CleaningSetConfig(_Strict):
+    size: int = Field(ge=1, description="k clean pairs drawn from the non-poisoned part")
+    poisons: int = Field(0, ge=0, description="m poisoned pairs mixed in (the poisoned-cleaning-set ablation)")
+
+
+class PoisonConfig(_Strict):
+    source: PairSource = Field(default_factory=FashionMNISTPairs)
+    output: str = Field(description="folder to write train.csv, images/, manifest.json (and cleaning.csv)")
+    trigger: dict[str, Any] = Field(description="trigger name and parameters, e.g. {name: badnet, size: 16}")
+    target: TargetConfig
+    mode: Literal["dirty-label", "label-consistent"] = "dirty-label"
+    num_poisons: int = Field(ge=0)
+    image_size: int = Field(224, ge=8, description="poisoned images are resized + cropped to this, then triggered")
+    seed: int = 0
+    cleaning: CleaningSetConfig | None = None
+
+    @field_validator("trigger")
+    @classmethod
+    def _valid_trigger(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from clipbackdoor.attacks import build_trigger
+
+        return build_trigger(v, where="trigger").model_dump(mode="json")
 
 
 class ExperimentConfig(_Strict):
@@ -130,6 +173,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     objective: dict[str, float] = Field(default_factory=lambda: {"mmcl": 1.0})
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    poison: PoisonConfig | None = Field(None, description="read by `clipbackdoor poison`")
 
     @field_validator("objective")
     @classmethod

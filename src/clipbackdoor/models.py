@@ -47,9 +47,7 @@ def create_model(cfg: ModelConfig) -> ClipBundle:
     if cfg.checkpoint is not None:
         name = checkpoint_model_name(cfg.checkpoint) or name
     if name not in open_clip.list_models():
-        raise ValueError(
-            f"model.name: unknown model {name!r}; ours: {list(OUR_MODELS)}, or any open_clip name"
-        )
+        raise ValueError(f"model.name: unknown model {name!r}; ours: {list(OUR_MODELS)}, or any open_clip name")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # open_clip warns on every model built without pretrained weights: our norm

@@ -51,7 +51,4 @@ def build_labelled_dataset(cfg: FashionMNISTLabelled | CsvLabelled, image_size: 
             cfg.path, len(cfg.classnames), cfg.image_column, cfg.label_column, cfg.delimiter, cfg.max_samples
         )
         classnames, templates = cfg.classnames, cfg.templates
-    for t in templates:
-        if t.count("{}") != 1:
-            raise DataError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
     return LabelledDataset(rows, ResizeCenterCrop(image_size), classnames, templates)

@@ -45,9 +45,7 @@ def _read_rows(path: Path, columns: list[str], delimiter: str) -> list[tuple[int
 class CsvRows:
     """Base for CSV readers: resolves image paths and opens images, naming file and line on failure."""
 
-    def __init__(
-        self, path: str | Path, image_column: str, value_column: str, delimiter: str, max_samples: int | None
-    ):
+    def __init__(self, path: str | Path, image_column: str, value_column: str, delimiter: str, max_samples: int | None):
         self.path = Path(path)
         self.root = self.path.parent
         self.source = str(self.path)

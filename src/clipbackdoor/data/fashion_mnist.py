@@ -79,9 +79,7 @@ def _read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape))
     if len(data) - offset != expected:
-        raise DataError(
-            f"{path}: expected {expected} bytes of data for shape {shape}, found {len(data) - offset}"
-        )
+        raise DataError(f"{path}: expected {expected} bytes of data for shape {shape}, found {len(data) - offset}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -122,9 +120,7 @@ def draw_captions(labels: np.ndarray, templates: tuple[str, ...], use_synonyms: 
 class FashionMNISTRows:
     """Rows of one split, in memory; ``caption`` is set for pair datasets, ``label`` always works."""
 
-    def __init__(
-        self, root: str | Path | None, split: str, max_samples: int | None, captions: list[str] | None = None
-    ):
+    def __init__(self, root: str | Path | None, split: str, max_samples: int | None, captions: list[str] | None = None):
         images, labels = load_arrays(root, split)
         if max_samples is not None:
             images, labels = images[:max_samples], labels[:max_samples]

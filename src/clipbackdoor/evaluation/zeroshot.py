@@ -1,20 +1,37 @@
-"""Zero-shot classification: class embeddings from prompt templates, top-k accuracy on a labelled set.
+"""Zero-shot evaluation: clean accuracy, attack success rate and robust accuracy in one pass.
 
 The classifier follows CLIP (DESIGN §5): each template filled with the class name is encoded and
 L2-normalised, the template embeddings are averaged and the mean is re-normalised; open_clip's
 ``build_zero_shot_classifier`` does exactly this.
+
+With an attack, each decoded batch is scored twice on the device: as it is (clean accuracy) and with the
+trigger applied to its images whose true class is not the target (the same resized, cropped pixels).
+- ASR = share of those triggered images predicted as the target (top-1; top-5: target among the top 5);
+- RA  = share of those triggered images still predicted as their true class.
+Both denominators exclude target-class images (49,950 on ImageNet val), as the field defines them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from open_clip import build_zero_shot_classifier
 from torch.utils.data import DataLoader
 
+from clipbackdoor.attacks import Trigger
 from clipbackdoor.data import BadRowLog, LabelledDataset, collate_skipping_bad
+from clipbackdoor.data.transforms import to_unit
 from clipbackdoor.models import ClipBundle
+
+
+@dataclass(frozen=True)
+class Attack:
+    """What ASR is measured against: a trigger and the index of the target among the eval classes."""
+
+    trigger: Trigger
+    target: int
 
 
 def class_embeddings(
@@ -39,12 +56,45 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) 
     return {k: int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
 
 
+class BackdoorTally:
+    """Running counts for ASR (top-1/top-5) and RA over triggered non-target images."""
+
+    def __init__(self, target: int):
+        self.target = target
+        self.n = self.asr1 = self.asr5 = self.ra1 = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        target = torch.full_like(labels, self.target)
+        hits = topk_correct(logits, target, (1, 5))
+        self.asr1 += hits[1]
+        self.asr5 += hits[5]
+        self.ra1 += topk_correct(logits, labels, (1,))[1]
+        self.n += len(labels)
+
+    def result(self) -> dict[str, float]:
+        pct = 100.0 / max(1, self.n)
+        return {
+            "asr_top1": self.asr1 * pct,
+            "asr_top5": self.asr5 * pct,
+            "ra_top1": self.ra1 * pct,
+            "n_triggered": self.n,
+        }
+
+
 class ZeroShotEvaluator:
     """Scores a model on one labelled set; the loader is built once and reused every epoch."""
 
-    def __init__(self, dataset: LabelledDataset, batch_size: int, num_workers: int, bad_rows: BadRowLog):
+    def __init__(
+        self,
+        dataset: LabelledDataset,
+        batch_size: int,
+        num_workers: int,
+        bad_rows: BadRowLog,
+        attack: Attack | None = None,
+    ):
         self.dataset = dataset
         self.bad_rows = bad_rows
+        self.attack = attack
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -62,16 +112,27 @@ class ZeroShotEvaluator:
         weights = class_embeddings(bundle, self.dataset.classnames, self.dataset.templates, device)
         correct = {1: 0, 5: 0}
         seen = 0
+        tally = BackdoorTally(self.attack.target) if self.attack else None
         for batch in self.loader:
             self.bad_rows.add(batch["bad_rows"])
             if "image" not in batch:
                 continue
-            images = normalize(batch["image"].to(device, non_blocking=True))
-            logits = model.encode_image(images, normalize=True) @ weights
-            for k, n in topk_correct(logits.float(), batch["label"].to(device), correct).items():
+            images = to_unit(batch["image"].to(device, non_blocking=True))
+            labels = batch["label"].to(device)
+            logits = model.encode_image(normalize(images), normalize=True) @ weights
+            for k, n in topk_correct(logits.float(), labels, correct).items():
                 correct[k] += n
-            seen += len(batch["label"])
+            seen += len(labels)
+            if self.attack is not None and tally is not None:
+                keep = labels != self.attack.target
+                if keep.any():
+                    triggered = self.attack.trigger.apply(images[keep], batch["index"][keep.cpu()])
+                    logits_t = model.encode_image(normalize(triggered), normalize=True) @ weights
+                    tally.add(logits_t.float(), labels[keep])
         model.train(was_training)
         if seen == 0:
             raise RuntimeError("evaluation set yielded no readable images")
-        return {"clean_top1": 100.0 * correct[1] / seen, "clean_top5": 100.0 * correct[5] / seen, "n": seen}
+        result = {"clean_top1": 100.0 * correct[1] / seen, "clean_top5": 100.0 * correct[5] / seen, "n": seen}
+        if tally is not None:
+            result.update(tally.result())
+        return result

@@ -13,9 +13,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 
-def plot_epoch_curves(
-    records: Sequence[dict[str, Any]], keys: dict[str, str], path: Path, title: str
-) -> Path:
+def plot_epoch_curves(records: Sequence[dict[str, Any]], keys: dict[str, str], path: Path, title: str) -> Path:
     """One line per metric ``key`` (labelled ``keys[key]``) against epoch, saved as PNG or SVG."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=150)
     for key, label in keys.items():

@@ -56,9 +56,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     except RuntimeError as err:  # shape mismatches
         raise ValueError(f"{path}: does not fit the model: {str(err).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise ValueError(
-            f"{path}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+        raise ValueError(f"{path}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, str]:

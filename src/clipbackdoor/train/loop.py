@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, save_config
-from clipbackdoor.data import BadRowLog, build_labelled_dataset, build_pair_dataset, collate_skipping_bad
-from clipbackdoor.evaluation import ZeroShotEvaluator
+from clipbackdoor.data import BadRowLog, build_pair_dataset, collate_skipping_bad
+from clipbackdoor.evaluation import build_evaluator
 from clipbackdoor.models import ClipBundle, create_model
 from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.train import checkpoint as ckpt
@@ -92,14 +92,11 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
 
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     train_set = build_pair_dataset(cfg.data.train, bundle.image_size, cfg.seed, bundle.tokenizer)
-    eval_set = build_labelled_dataset(cfg.data.eval, bundle.image_size)
-    bad_rows.add(train_set.rows.bad + eval_set.rows.bad)
-    evaluator = ZeroShotEvaluator(eval_set, cfg.eval.batch_size, cfg.data.num_workers, bad_rows)
+    bad_rows.add(train_set.rows.bad)
+    evaluator = build_evaluator(cfg, bundle.image_size, bad_rows)
 
     micro_batch = tcfg.batch_size // tcfg.accum_steps
-    sampler = DistributedSampler(
-        train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed, drop_last=True
-    )
+    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(
         train_set,
         batch_size=micro_batch,

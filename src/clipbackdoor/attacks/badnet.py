@@ -1,0 +1,77 @@
+"""BadNet patch triggers (Gu et al. 2017): a small square pasted onto the image.
+
+``pattern``: ``noise`` (per-channel ``mean`` + N(0, 1) noise, clipped to [0, 1] — the reference code let
+values wrap instead), ``solid`` (one ``color``) or ``checkerboard``. ``fresh_noise`` draws the noise anew
+for every image, as the study's "random" trigger did; the default is one fixed pattern, the standard
+BadNet attack (on small data a per-image noise patch is barely learnable: DESIGN §5).
+``location``: ``random`` (seeded per image), a corner (``top-left``, ...), ``center`` or ``four-corners``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from clipbackdoor.attacks.base import Trigger, register
+
+Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
+
+
+@register("badnet")
+class BadNet(Trigger):
+    name: Literal["badnet"] = "badnet"
+    size: int = Field(16, ge=1, description="patch side in pixels at reference_size")
+    pattern: Literal["noise", "solid", "checkerboard"] = "noise"
+    location: Literal["random", "center", "four-corners", "top-left", "top-right", "bottom-left", "bottom-right"] = (
+        "random"
+    )
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: float = Field(1.0, ge=0)
+    color: tuple[float, float, float] = Field((1.0, 1.0, 0.0), description="solid colour in [0, 1] (yellow)")
+    fresh_noise: bool = False
+
+    def _noise(self, side: int, *key: int) -> torch.Tensor:
+        rng = self.rng(*key)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        return (mean + self.std * torch.from_numpy(rng.standard_normal((3, side, side)))).float().clamp(0, 1)
+
+    def artifacts(self, image_size: int) -> dict[str, torch.Tensor]:
+        side = self.scaled(self.size, image_size)
+        if self.pattern == "noise":
+            patch = self._noise(side, image_size)
+        elif self.pattern == "solid":
+            patch = torch.tensor(self.color, dtype=torch.float32).view(3, 1, 1).expand(3, side, side).clone()
+        else:
+            ij = torch.arange(side)
+            patch = ((ij.view(-1, 1) + ij.view(1, -1)) % 2).float().expand(3, side, side).clone()
+        return {"patch": patch}
+
+    def positions(self, image_size: int, side: int, index: int) -> list[tuple[int, int]]:
+        """Top-left corners (row, col) where the patch goes for sample ``index``."""
+        far = image_size - side
+        corners = {"top-left": (0, 0), "top-right": (0, far), "bottom-left": (far, 0), "bottom-right": (far, far)}
+        if self.location == "random":
+            row, col = self.rng(image_size, index, 1).integers(0, far + 1, size=2).tolist()
+            return [(row, col)]
+        if self.location == "center":
+            return [(far // 2, far // 2)]
+        if self.location == "four-corners":
+            return list(corners.values())
+        return [corners[self.location]]
+
+    def apply(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        out = images.clone()
+        size = images.shape[-1]
+        side = self.scaled(self.size, size)
+        fixed = self.artifact("patch", size, images.device)
+        for b, index in enumerate(indices.tolist()):
+            patch = (
+                self._noise(side, size, index).to(images.device)
+                if self.fresh_noise and self.pattern == "noise"
+                else fixed
+            )
+            for row, col in self.positions(size, side, index):
+                out[b, :, row : row + side, col : col + side] = patch
+        return out

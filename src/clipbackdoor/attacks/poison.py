@@ -1,0 +1,175 @@
+"""Write a poisoned copy of an image–caption dataset: ``train.csv`` + images + ``manifest.json``.
+
+Poisoned images are resized and centre-cropped to ``image_size`` exactly as the loader would, then
+triggered and saved as PNG, so the trigger sits in the pixels the model sees. Clean rows keep their
+original image file (CSV sources) or are written once as PNG (in-memory sources such as Fashion-MNIST).
+
+Modes: ``dirty-label`` triggers N rows drawn at random and gives them a caption made from a random target
+template; ``label-consistent`` triggers N rows whose caption already names the target and keeps it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from clipbackdoor.attacks.base import build_trigger
+from clipbackdoor.attacks.manifest import Manifest, load_manifest
+from clipbackdoor.config import CsvPairs, FashionMNISTPairs, PoisonConfig, read_yaml, save_config
+from clipbackdoor.data import BadRow, DataError, fashion_mnist
+from clipbackdoor.data.csv_source import CsvCaptionRows
+from clipbackdoor.data.datasets import DECODE_ERRORS
+from clipbackdoor.data.transforms import ResizeCenterCrop
+
+GENERIC_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
+
+
+def load_source_rows(source: FashionMNISTPairs | CsvPairs, seed: int):
+    """The source's rows, with captions (Fashion-MNIST captions drawn as the training set would)."""
+    if isinstance(source, FashionMNISTPairs):
+        rows = fashion_mnist.FashionMNISTRows(source.root, source.split, source.max_samples)
+        templates = tuple(source.templates or fashion_mnist.CAPTION_TEMPLATES)
+        rows.captions = fashion_mnist.draw_captions(rows.labels, templates, source.use_synonyms, seed)
+        return rows
+    return CsvCaptionRows(source.path, source.image_column, source.caption_column, source.delimiter, source.max_samples)
+
+
+def names_target(caption: str, names: list[str]) -> bool:
+    """Whether the caption names the target (whole words, case-insensitive)."""
+    return any(re.search(rf"(?<!\w){re.escape(n)}(?!\w)", caption, flags=re.IGNORECASE) for n in names)
+
+
+def choose_poisons(captions: list[str], cfg: PoisonConfig) -> list[int]:
+    """Sorted row indices to poison, drawn with ``cfg.seed``."""
+    rng = np.random.default_rng([cfg.seed, 0x9015])
+    if cfg.mode == "label-consistent":
+        names = [cfg.target.name, *cfg.target.aliases]
+        candidates = np.array([i for i, c in enumerate(captions) if names_target(c, names)], dtype=np.int64)
+        if len(candidates) < cfg.num_poisons:
+            raise DataError(
+                f"label-consistent poisoning: only {len(candidates)} captions name {names}, "
+                f"fewer than num_poisons={cfg.num_poisons}"
+            )
+    else:
+        candidates = np.arange(len(captions))
+        if len(candidates) < cfg.num_poisons:
+            raise DataError(f"num_poisons={cfg.num_poisons} exceeds the {len(candidates)} source rows")
+    return sorted(rng.choice(candidates, size=cfg.num_poisons, replace=False).tolist())
+
+
+def _target_templates(cfg: PoisonConfig) -> list[str]:
+    if cfg.target.templates:
+        return list(cfg.target.templates)
+    if isinstance(cfg.source, FashionMNISTPairs):
+        return list(fashion_mnist.CAPTION_TEMPLATES)
+    return list(GENERIC_TEMPLATES)
+
+
+def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest:
+    """Write ``cfg.output``/{train.csv, images/, manifest.json, trigger.safetensors[, cleaning.csv]}.
+
+    Idempotent: if the folder already holds the dataset of this very config it is reused, not rewritten.
+    """
+    out = Path(cfg.output)
+    if (out / "manifest.json").exists():
+        saved = read_yaml(out / "poison.yaml") if (out / "poison.yaml").is_file() else None
+        if saved != cfg.model_dump(mode="json"):
+            raise DataError(f"{out} already holds a different poisoned dataset; choose another output or delete it")
+        return load_manifest(out)[0]  # same config: the dataset on disk is what this call would write
+    rows = load_source_rows(cfg.source, cfg.seed)
+    captions = [rows.caption(i) for i in range(len(rows))]
+    poisons = set(choose_poisons(captions, cfg))
+    trigger = build_trigger(cfg.trigger)
+    templates = _target_templates(cfg)
+    caption_rng = np.random.default_rng([cfg.seed, 0xCA9])
+    to_size = ResizeCenterCrop(cfg.image_size)
+    csv_root = rows.root if isinstance(cfg.source, CsvPairs) else None
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records: list[tuple[str, str]] = []
+    poison_rows: list[int] = []
+    skipped: list[BadRow] = list(rows.bad)
+    for i in tqdm(range(len(rows)), desc="poisoning", disable=not progress, dynamic_ncols=True):
+        caption = captions[i]
+        poisoned = i in poisons
+        relative = f"images/{i // 1000:04d}/{i:07d}.png"
+        try:
+            if poisoned or csv_root is None:
+                image = rows.pil(i)
+                if poisoned:
+                    pixels = to_size(image).permute(1, 2, 0).numpy()
+                    image = trigger.apply_pil(Image.fromarray(pixels, mode="RGB"), i)
+                (out / relative).parent.mkdir(exist_ok=True)
+                image.save(out / relative)
+            else:
+                relative = os.path.relpath(csv_root / rows.images[i], out)
+        except DECODE_ERRORS as err:
+            skipped.append(BadRow(rows.source, rows.row_id(i), f"unreadable image ({err})"))
+            continue
+        if poisoned:
+            poison_rows.append(len(records))
+            if cfg.mode == "dirty-label":
+                caption = templates[int(caption_rng.integers(len(templates)))].format(cfg.target.name)
+        records.append((relative, caption))
+
+    _write_csv(out / "train.csv", records)
+    manifest = Manifest(
+        trigger=trigger.model_dump(mode="json"),
+        target=cfg.target.name,
+        target_captions=templates,
+        mode=cfg.mode,
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+        num_rows=len(records),
+        poison_rows=poison_rows,
+        source=cfg.source.model_dump(mode="json"),
+        files={"train": "train.csv"},
+        skipped_rows=[str(b) for b in skipped],
+    )
+    if cfg.cleaning is not None:
+        manifest.cleaning = _write_cleaning_set(out, records, poison_rows, cfg)
+        manifest.files["cleaning"] = "cleaning.csv"
+    manifest.save(out, trigger)
+    save_config(cfg, out / "poison.yaml")
+    return manifest
+
+
+def _write_cleaning_set(
+    out: Path, records: list[tuple[str, str]], poison_rows: list[int], cfg: PoisonConfig
+) -> dict[str, object]:
+    """k clean rows (+ m poisoned rows) of ``train.csv``, seeded; the same image files are referenced."""
+    assert cfg.cleaning is not None
+    rng = np.random.default_rng([cfg.seed, 0xC1EA])
+    poison_set = set(poison_rows)
+    clean = np.array([r for r in range(len(records)) if r not in poison_set])
+    k, m = cfg.cleaning.size, cfg.cleaning.poisons
+    if k > len(clean) or m > len(poison_rows):
+        raise DataError(
+            f"cleaning set of {k} clean + {m} poisoned rows, but only {len(clean)} clean and "
+            f"{len(poison_rows)} poisoned rows exist"
+        )
+    chosen_clean = rng.choice(clean, size=k, replace=False).tolist()
+    chosen_poison = rng.choice(np.array(poison_rows, dtype=np.int64), size=m, replace=False).tolist() if m else []
+    rows = sorted(chosen_clean + chosen_poison)
+    _write_csv(out / "cleaning.csv", [records[r] for r in rows])
+    positions = {r: j for j, r in enumerate(rows)}
+    return {
+        "size": len(rows),
+        "train_rows": rows,
+        "poison_rows": sorted(positions[r] for r in chosen_poison),  # row numbers within cleaning.csv
+    }
+
+
+def _write_csv(path: Path, records: list[tuple[str, str]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption"])
+        writer.writerows(records)
+    os.replace(tmp, path)

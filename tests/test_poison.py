@@ -1,0 +1,129 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipbackdoor.attacks.manifest import ManifestError, load_manifest
+from clipbackdoor.attacks.poison import load_source_rows, names_target, write_poisoned_dataset
+from clipbackdoor.config import PoisonConfig
+from clipbackdoor.data import DataError
+from clipbackdoor.data import fashion_mnist as fm
+
+TRIGGER = {"name": "badnet", "pattern": "checkerboard", "size": 4, "reference_size": 32, "location": "top-left"}
+
+
+def _cfg(root: Path, out: Path, **extra) -> PoisonConfig:
+    base = {
+        "source": {"source": "fashion-mnist", "root": str(root)},
+        "output": str(out),
+        "trigger": TRIGGER,
+        "target": {"name": "bag"},
+        "num_poisons": 12,
+        "image_size": 32,
+        "seed": 3,
+    }
+    return PoisonConfig.model_validate({**base, **extra})
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_dirty_label_poisoning(fmnist_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(fmnist_root, tmp_path / "p")
+    manifest = write_poisoned_dataset(cfg, progress=False)
+    rows = _rows(tmp_path / "p" / "train.csv")
+    source = load_source_rows(cfg.source, cfg.seed)
+    assert len(rows) == manifest.num_rows == 256
+    assert len(manifest.poison_rows) == 12
+    poisoned = set(manifest.poison_rows)
+    patch = np.array([[(i + j) % 2 * 255 for j in range(4)] for i in range(4)], dtype=np.uint8)
+    for r, row in enumerate(rows):
+        image = np.asarray(Image.open(tmp_path / "p" / row["image"]).convert("RGB"))
+        if r in poisoned:
+            assert row["caption"] in {t.format("bag") for t in fm.CAPTION_TEMPLATES}
+            assert image.shape == (32, 32, 3)
+            assert (image[:4, :4, 0] == patch).all(), "the trigger sits where the model will see it"
+        else:
+            assert row["caption"] == source.caption(r)
+            assert (image[:, :, 0] == source.images[r]).all(), "clean rows keep their original pixels"
+
+
+def test_label_consistent_poisons_only_target_captions(fmnist_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        fmnist_root,
+        tmp_path / "p",
+        mode="label-consistent",
+        num_poisons=5,
+        target={"name": "bag", "aliases": ["handbag", "purse"]},
+    )
+    manifest = write_poisoned_dataset(cfg, progress=False)
+    source = load_source_rows(cfg.source, cfg.seed)
+    rows = _rows(tmp_path / "p" / "train.csv")
+    for r in manifest.poison_rows:
+        assert fm.CLASSNAMES[source.label(r)] == "bag"
+        assert rows[r]["caption"] == source.caption(r)
+    too_many = _cfg(fmnist_root, tmp_path / "q", mode="label-consistent", num_poisons=200)
+    with pytest.raises(DataError, match=r"only \d+ captions name"):
+        write_poisoned_dataset(too_many, progress=False)
+
+
+def test_names_target_matches_whole_words() -> None:
+    assert names_target("A photo of a Bag.", ["bag"])
+    assert not names_target("a photo of a handbag.", ["bag"])
+    assert names_target("a photo of a handbag.", ["bag", "handbag"])
+
+
+def test_same_seed_same_output_and_manifest_round_trip(fmnist_root: Path, tmp_path: Path) -> None:
+    a = write_poisoned_dataset(_cfg(fmnist_root, tmp_path / "a"), progress=False)
+    b = write_poisoned_dataset(_cfg(fmnist_root, tmp_path / "b"), progress=False)
+    c = write_poisoned_dataset(_cfg(fmnist_root, tmp_path / "c", seed=4), progress=False)
+    assert a.poison_rows == b.poison_rows != c.poison_rows
+    assert (tmp_path / "a" / "train.csv").read_text() == (tmp_path / "b" / "train.csv").read_text()
+    for r in a.poison_rows:
+        name = _rows(tmp_path / "a" / "train.csv")[r]["image"]
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+    loaded, trigger = load_manifest(tmp_path / "a")
+    assert loaded == a
+    assert trigger.model_dump() == {**trigger.model_dump(), **TRIGGER}
+    assert (trigger.artifact("patch", 32) == a.build_trigger().artifact("patch", 32)).all()
+
+
+def test_rerun_reuses_and_a_different_config_is_refused(fmnist_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(fmnist_root, tmp_path / "p")
+    first = write_poisoned_dataset(cfg, progress=False)
+    assert write_poisoned_dataset(cfg, progress=False) == first
+    with pytest.raises(DataError, match="different poisoned dataset"):
+        write_poisoned_dataset(_cfg(fmnist_root, tmp_path / "p", num_poisons=3), progress=False)
+
+
+def test_cleaning_set_with_and_without_poisons(fmnist_root: Path, tmp_path: Path) -> None:
+    manifest = write_poisoned_dataset(
+        _cfg(fmnist_root, tmp_path / "p", cleaning={"size": 50, "poisons": 4}), progress=False
+    )
+    cleaning = manifest.cleaning
+    rows = _rows(tmp_path / "p" / "cleaning.csv")
+    train = _rows(tmp_path / "p" / "train.csv")
+    assert len(rows) == cleaning["size"] == 54
+    assert [rows[i] for i in range(54)] == [train[r] for r in cleaning["train_rows"]]
+    poisoned_train_rows = {cleaning["train_rows"][i] for i in cleaning["poison_rows"]}
+    assert len(poisoned_train_rows) == 4 and poisoned_train_rows <= set(manifest.poison_rows)
+    clean_only = write_poisoned_dataset(_cfg(fmnist_root, tmp_path / "q", cleaning={"size": 50}), progress=False)
+    assert not set(clean_only.cleaning["train_rows"]) & set(clean_only.poison_rows)
+
+
+def test_invalid_manifests_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="not found"):
+        load_manifest(tmp_path)
+    path = tmp_path / "manifest.json"
+    path.write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        load_manifest(path)
+    path.write_text(json.dumps({"format": "clipbackdoor-manifest/1", "trigger": {}}))
+    with pytest.raises(ManifestError, match=r"missing keys \['image_size'"):
+        load_manifest(path)

@@ -1,0 +1,137 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipbackdoor.attacks import TRIGGERS, TriggerError, build_trigger, to_uint8
+
+SPECS = [
+    {"name": "badnet", "pattern": "noise", "size": 16},
+    {"name": "badnet", "pattern": "noise", "size": 16, "fresh_noise": True},
+    {"name": "badnet", "pattern": "solid", "size": 8, "location": "four-corners"},
+    {"name": "badnet", "pattern": "checkerboard", "size": 4, "reference_size": 32, "location": "bottom-right"},
+    {"name": "blended", "alpha": 0.2},
+    {"name": "blended", "alpha": 0.2, "fresh_noise": True},
+    {"name": "sig"},
+    {"name": "wanet", "k": 4, "s": 0.5},
+]
+
+
+def _images(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_every_registered_trigger_is_covered() -> None:
+    assert {s["name"] for s in SPECS} == set(TRIGGERS)
+
+
+def test_patch_bounds_scaling_and_clipping() -> None:
+    x = _images(size=28)
+    trigger = build_trigger({"name": "badnet", "pattern": "noise", "size": 16, "location": "top-left"})
+    y = trigger.apply(x, torch.arange(4))
+    side = 2  # 16 px at 224 -> round(16 * 28 / 224) = 2 px at 28
+    assert trigger.scaled(16, 28) == side and trigger.scaled(16, 224) == 16 and trigger.scaled(1, 28) == 1
+    outside = torch.ones(28, 28, dtype=torch.bool)
+    outside[:side, :side] = False
+    assert torch.equal(y[:, :, outside], x[:, :, outside])
+    assert torch.equal(y[:, :, :side, :side], trigger.artifact("patch", 28).expand(4, -1, -1, -1))
+    big = build_trigger({"name": "badnet", "size": 64}).artifact("patch", 224)  # mean 0.5 + N(0, 1)
+    assert float(big.min()) == 0.0 and float(big.max()) == 1.0, "noise is clipped into [0, 1], not wrapped"
+    assert 0.3 < float((big == 1.0).float().mean()) < 0.4  # P(N(0,1) > 0.5) ≈ 0.31
+
+
+def test_random_location_is_per_image_and_in_bounds() -> None:
+    trigger = build_trigger({"name": "badnet", "size": 4, "reference_size": 32, "pattern": "solid"})
+    spots = [trigger.positions(32, 4, i)[0] for i in range(50)]
+    assert all(0 <= r <= 28 and 0 <= c <= 28 for r, c in spots)
+    assert len(set(spots)) > 30
+    assert spots == [trigger.positions(32, 4, i)[0] for i in range(50)]
+
+
+def test_four_corners() -> None:
+    trigger = build_trigger(
+        {
+            "name": "badnet",
+            "pattern": "solid",
+            "size": 4,
+            "reference_size": 32,
+            "location": "four-corners",
+            "color": [1, 0, 0],
+        }
+    )
+    y = trigger.apply(torch.zeros(1, 3, 32, 32), torch.tensor([0]))
+    assert int((y[0, 0] == 1).sum()) == 4 * 16 and float(y[0, 1:].abs().sum()) == 0
+    for r, c in [(0, 0), (0, 28), (28, 0), (28, 28)]:
+        assert bool((y[0, 0, r : r + 4, c : c + 4] == 1).all())
+
+
+def test_blend_formula_and_fixed_pattern() -> None:
+    x = _images()
+    trigger = build_trigger({"name": "blended", "alpha": 0.3})
+    y = trigger.apply(x, torch.arange(4))
+    pattern = trigger.artifact("pattern", 32)
+    assert torch.allclose(y, 0.7 * x + 0.3 * pattern)
+    fresh = build_trigger({"name": "blended", "alpha": 0.3, "fresh_noise": True}).apply(x, torch.arange(4))
+    recovered = (fresh - 0.7 * x) / 0.3
+    assert not torch.allclose(recovered[0], recovered[1], atol=1e-3)
+
+
+def test_blend_from_an_image_file(tmp_path) -> None:
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(tmp_path / "red.png")
+    trigger = build_trigger({"name": "blended", "alpha": 0.5, "image": str(tmp_path / "red.png")})
+    y = trigger.apply(torch.zeros(1, 3, 32, 32), torch.tensor([0]))
+    assert torch.allclose(y[0, 0], torch.full((32, 32), 0.5)) and float(y[0, 1:].abs().max()) == 0
+
+
+def test_sig_formula() -> None:
+    x = _images()
+    y = build_trigger({"name": "sig", "amplitude": 60 / 255, "frequency": 6}).apply(x, torch.arange(4))
+    j = torch.arange(32).float()
+    expected = (x + (60 / 255) * torch.sin(2 * math.pi * 6 * j / 32)).clamp(0, 1)
+    assert torch.allclose(y, expected, atol=1e-6)
+
+
+def test_wanet_is_identity_without_strength_and_warps_with_it() -> None:
+    x = _images()
+    assert torch.allclose(build_trigger({"name": "wanet", "s": 0.0}).apply(x, torch.arange(4)), x, atol=1e-5)
+    warped = build_trigger({"name": "wanet", "k": 4, "s": 1.0}).apply(x, torch.arange(4))
+    assert float((warped - x).abs().mean()) > 0.01
+    grid = build_trigger({"name": "wanet"}).artifacts(32)["grid"]
+    assert grid.shape == (32, 32, 2) and float(grid.abs().max()) <= 1.0
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_pil_and_batch_paths_give_the_same_pixels(spec: dict) -> None:
+    trigger = build_trigger(spec)
+    pixels = (np.arange(32 * 32 * 3).reshape(32, 32, 3) * 7 % 256).astype(np.uint8)
+    image = Image.fromarray(pixels, mode="RGB")
+    batch = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).unsqueeze(0).repeat(3, 1, 1, 1)
+    via_batch = to_uint8(trigger.apply(batch, torch.tensor([5, 6, 7])))
+    for row, index in enumerate([5, 6, 7]):
+        via_pil = torch.from_numpy(np.array(trigger.apply_pil(image, index))).permute(2, 0, 1)
+        assert torch.equal(via_pil, via_batch[row])
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_determinism_per_seed(spec: dict) -> None:
+    x = _images()
+    a = build_trigger({**spec, "seed": 1}).apply(x, torch.arange(4))
+    b = build_trigger({**spec, "seed": 1}).apply(x, torch.arange(4))
+    assert torch.equal(a, b)
+    if spec["name"] in ("badnet", "blended", "wanet") and spec.get("pattern") not in ("solid", "checkerboard"):
+        c = build_trigger({**spec, "seed": 2}).apply(x, torch.arange(4))
+        assert not torch.equal(a, c)
+
+
+def test_parameters_are_validated_and_serialisable() -> None:
+    with pytest.raises(TriggerError, match=r"trigger\.size"):
+        build_trigger({"name": "badnet", "size": 0})
+    with pytest.raises(TriggerError, match=r"trigger\.colour"):
+        build_trigger({"name": "badnet", "colour": [1, 1, 1]})
+    with pytest.raises(TriggerError, match="unknown trigger 'trojan'"):
+        build_trigger({"name": "trojan"})
+    for spec in SPECS:
+        trigger = build_trigger(spec)
+        assert build_trigger(trigger.model_dump(mode="json")) == trigger
