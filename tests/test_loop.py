@@ -74,8 +74,8 @@ def test_a_run_directory_refuses_a_different_config(tiny_cfg) -> None:
 def test_non_finite_loss_stops_the_run(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     real_encode = loop.encode
 
-    def poisoned_encode(bundle, batch, device):
-        features = real_encode(bundle, batch, device)
+    def poisoned_encode(*args):
+        features = real_encode(*args)
         features["logit_scale"] = features["logit_scale"] * float("nan")
         return features
 

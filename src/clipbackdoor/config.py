@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -95,6 +95,8 @@ class ModelConfig(_Strict):
     name: str = Field("tiny-rn", description="open_clip model name (RN50, ViT-B-32, ...) or ours (tiny-rn)")
     checkpoint: str | None = Field(None, description="weights to start from (a clipbackdoor checkpoint)")
     image_size: int | None = Field(None, ge=8, description="override the model's input size")
+    init_logit_scale: float | None = Field(None, description="default: ln(1/0.07), as CLIP")
+    init_logit_bias: float | None = Field(None, description="a learned logit bias (SigLIP sets -10)")
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -121,6 +123,23 @@ class TrainConfig(_Strict):
         if not all(0.0 <= b < 1.0 for b in v):
             raise ValueError("each beta must be in [0, 1)")
         return v
+
+
+class EDAConfig(_Strict):
+    alpha_sr: float = Field(0.1, ge=0, le=1, description="share of words replaced by WordNet synonyms")
+    alpha_ri: float = Field(0.1, ge=0, le=1, description="share of words inserted (synonyms)")
+    alpha_rs: float = Field(0.1, ge=0, le=1, description="share of words swapped")
+    p_rd: float = Field(0.1, ge=0, le=1, description="probability of deleting each word")
+
+
+class AugmentConfig(_Strict):
+    """The augmented views of the self-supervised losses; made only when an objective needs them."""
+
+    image: Literal["autoaugment-imagenet"] = "autoaugment-imagenet"
+    text: EDAConfig = Field(default_factory=EDAConfig)
+    fresh_each_epoch: bool = Field(
+        True, description="draw new views every epoch (the reference code drew them once and reused them)"
+    )
 
 
 class EvalConfig(_Strict):
@@ -171,21 +190,35 @@ class ExperimentConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    objective: dict[str, float] = Field(default_factory=lambda: {"mmcl": 1.0})
+    objective: dict[str, float | dict[str, Any]] = Field(
+        default_factory=lambda: {"mmcl": 1.0},
+        description="weighted losses: {mmcl: 1.0, ssl: 1.0} or {ssl: {weight: 1.0, image: 1.0, text: 0.5}}",
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     poison: PoisonConfig | None = Field(None, description="read by `clipbackdoor poison`")
 
     @field_validator("objective")
     @classmethod
-    def _known_objectives(cls, v: dict[str, float]) -> dict[str, float]:
-        from clipbackdoor.objectives import OBJECTIVES
+    def _known_objectives(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from clipbackdoor.objectives import split_term
 
         if not v:
             raise ValueError("needs at least one loss, e.g. {mmcl: 1.0}")
-        unknown = sorted(set(v) - set(OBJECTIVES))
-        if unknown:
-            raise ValueError(f"unknown loss {unknown}; known: {sorted(OBJECTIVES)}")
+        for name, spec in v.items():
+            split_term(name, spec)
         return v
+
+    @model_validator(mode="after")
+    def _objective_model_defaults(self) -> ExperimentConfig:
+        """Fill model settings an objective needs (SigLIP's logit bias) where the config left them unset."""
+        from clipbackdoor.objectives import OBJECTIVES
+
+        for name in self.objective:
+            for key, value in OBJECTIVES[name].model_defaults.items():
+                if getattr(self.model, key) is None:
+                    setattr(self.model, key, value)
+        return self
 
     @property
     def run_dir(self) -> Path:

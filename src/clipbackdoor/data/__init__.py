@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -10,13 +11,14 @@ from clipbackdoor.config import CsvLabelled, CsvPairs, FashionMNISTLabelled, Fas
 from clipbackdoor.data import fashion_mnist
 from clipbackdoor.data.bad_rows import BadRow, BadRowLog, DataError
 from clipbackdoor.data.csv_source import CsvCaptionRows, CsvLabelRows
-from clipbackdoor.data.datasets import LabelledDataset, PairDataset, collate_skipping_bad
+from clipbackdoor.data.datasets import EpochTagged, LabelledDataset, PairDataset, collate_skipping_bad
 from clipbackdoor.data.transforms import ResizeCenterCrop
 
 __all__ = [
     "BadRow",
     "BadRowLog",
     "DataError",
+    "EpochTagged",
     "LabelledDataset",
     "PairDataset",
     "build_labelled_dataset",
@@ -30,6 +32,7 @@ def build_pair_dataset(
     image_size: int,
     seed: int,
     tokenizer: Callable[[list[str]], torch.Tensor],
+    view_maker: Any = None,
 ) -> PairDataset:
     """The training pairs a config names; load-time bad rows are on ``dataset.rows.bad``."""
     if isinstance(cfg, FashionMNISTPairs):
@@ -38,7 +41,7 @@ def build_pair_dataset(
         rows.captions = fashion_mnist.draw_captions(rows.labels, templates, cfg.use_synonyms, seed)
     else:
         rows = CsvCaptionRows(cfg.path, cfg.image_column, cfg.caption_column, cfg.delimiter, cfg.max_samples)
-    return PairDataset(rows, ResizeCenterCrop(image_size), tokenizer)
+    return PairDataset(rows, ResizeCenterCrop(image_size), tokenizer, view_maker)
 
 
 def build_labelled_dataset(cfg: FashionMNISTLabelled | CsvLabelled, image_size: int) -> LabelledDataset:

@@ -6,13 +6,13 @@ decoding errors, tokenisation and skip-and-count are handled here once for all s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from clipbackdoor.data.bad_rows import BadRow
 
@@ -21,17 +21,24 @@ DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
 
 
 class PairDataset(Dataset):
-    """Items are ``{"image": uint8 [3,H,W], "text": token ids, "index": int}`` or a :class:`BadRow`."""
+    """Items are ``{"image": uint8 [3,H,W], "text": token ids, "index": int}`` or a :class:`BadRow`.
+
+    With a ``view_maker`` the items also carry ``image_aug`` and/or ``text_aug``. Keys may be plain indices
+    or ``(epoch, index)`` pairs (see :class:`EpochTagged`), so views are seeded per epoch even inside
+    persistent DataLoader workers.
+    """
 
     def __init__(
         self,
         rows: Any,
         transform: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
+        view_maker: Any = None,
     ):
         self.rows = rows
         self.transform = transform
         self.tokenizer = tokenizer
+        self.view_maker = view_maker
         # Many captions repeat (templates); tokenising each distinct caption once is free speed.
         self._tokens = lru_cache(maxsize=1 << 16)(self._tokenize)
 
@@ -41,12 +48,20 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | BadRow:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | BadRow:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         try:
             image = self.transform(self.rows.pil(index))
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
-        return {"image": image, "text": self._tokens(self.rows.caption(index)), "index": index}
+        caption = self.rows.caption(index)
+        item = {"image": image, "text": self._tokens(caption), "index": index}
+        views = self.view_maker.views if self.view_maker is not None else ()
+        if "image_aug" in views:
+            item["image_aug"] = self.view_maker.image(image, epoch, index)
+        if "text_aug" in views:
+            item["text_aug"] = self.tokenizer([self.view_maker.text(caption, epoch, index)])[0]
+        return item
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -56,6 +71,23 @@ class PairDataset(Dataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._tokens = lru_cache(maxsize=1 << 16)(self._tokenize)
+
+
+class EpochTagged(Sampler):
+    """Wraps a sampler with ``set_epoch`` (DistributedSampler) to yield ``(epoch, index)`` keys."""
+
+    def __init__(self, sampler: Any):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 class LabelledDataset(Dataset):

@@ -1,6 +1,13 @@
 """Training objectives. Importing this package registers every built-in loss."""
 
-from clipbackdoor.objectives import mmcl  # noqa: F401  (registers "mmcl")
-from clipbackdoor.objectives.registry import OBJECTIVES, Features, Objective, WeightedObjective, register
+from clipbackdoor.objectives import cyclip, mmcl, siglip, ssl  # noqa: F401  (register the losses)
+from clipbackdoor.objectives.registry import (
+    OBJECTIVES,
+    Features,
+    Objective,
+    WeightedObjective,
+    register,
+    split_term,
+)
 
-__all__ = ["OBJECTIVES", "Features", "Objective", "WeightedObjective", "register"]
+__all__ = ["OBJECTIVES", "Features", "Objective", "WeightedObjective", "register", "split_term"]

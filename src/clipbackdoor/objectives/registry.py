@@ -1,13 +1,17 @@
 """The loss registry: each objective is a class in its own module, registered under the name configs use.
 
-An objective maps a dict of features (``image``, ``text``, ``logit_scale`` and, when it asks for them in
-``views``, augmented views such as ``image_aug``) to a dict of named tensors whose ``"loss"`` entry is
-the term that gets weighted; other entries are logged to metrics.jsonl as they are.
+An objective maps a dict of features (``image``, ``text``, ``logit_scale``, maybe ``logit_bias`` and, when
+it lists them in ``views``, augmented views ``image_aug`` / ``text_aug``) to a dict of named tensors whose
+``"loss"`` entry is the term that gets weighted; other entries are logged to metrics.jsonl as they are.
+
+Configs name terms with a weight, or a mapping of the weight and the term's own parameters:
+``objective: {mmcl: 1.0, ssl: {weight: 1.0, image: 1.0, text: 0.5}}``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import inspect
+from typing import Any, ClassVar
 
 import torch
 
@@ -15,13 +19,19 @@ Features = dict[str, torch.Tensor]
 
 
 class Objective(torch.nn.Module):
-    """Base class: subclasses set ``views`` (extra inputs they need) and implement ``forward``."""
+    """Base class: subclasses take their parameters as keyword arguments and implement ``forward``."""
 
-    views: ClassVar[frozenset[str]] = frozenset()
+    # Model settings the objective needs unless the config sets them (e.g. SigLIP's logit bias).
+    model_defaults: ClassVar[dict[str, float]] = {}
 
     def __init__(self, rank: int = 0, world_size: int = 1):
         super().__init__()
         self.rank, self.world_size = rank, world_size
+
+    @property
+    def views(self) -> frozenset[str]:
+        """Augmented inputs this term reads; the data pipeline makes only the views some term needs."""
+        return frozenset()
 
     def forward(self, features: Features) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -42,28 +52,45 @@ def register(name: str):
     return add
 
 
+def split_term(name: str, spec: float | dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """(weight, parameters) of one config entry; errors name ``objective.<name>.<key>``."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown loss {name!r}; known: {sorted(OBJECTIVES)}")
+    if not isinstance(spec, dict):
+        return float(spec), {}
+    params = dict(spec)
+    if "weight" not in params:
+        raise ValueError(f"objective.{name}: a mapping needs a 'weight'")
+    weight = float(params.pop("weight"))
+    accepted = set(inspect.signature(OBJECTIVES[name].__init__).parameters) - {"self", "rank", "world_size"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(f"objective.{name}.{unknown[0]}: unknown parameter; {name} takes {sorted(accepted)}")
+    return weight, params
+
+
 class WeightedObjective(torch.nn.Module):
     """``Σ weight_k · loss_k`` over the configured objectives, returning every part for logging."""
 
-    def __init__(self, weights: dict[str, float], rank: int = 0, world_size: int = 1):
+    def __init__(self, terms: dict[str, float | dict[str, Any]], rank: int = 0, world_size: int = 1):
         super().__init__()
-        unknown = sorted(set(weights) - set(OBJECTIVES))
-        if unknown:
-            raise KeyError(f"unknown objective(s) {unknown}; known: {sorted(OBJECTIVES)}")
-        self.weights = dict(weights)
-        self.terms = torch.nn.ModuleDict({k: OBJECTIVES[k](rank, world_size) for k in weights})
+        self.weights: dict[str, float] = {}
+        modules = {}
+        for name, spec in terms.items():
+            weight, params = split_term(name, spec)
+            if weight != 0:
+                self.weights[name] = weight
+                modules[name] = OBJECTIVES[name](rank, world_size, **params)
+        self.terms = torch.nn.ModuleDict(modules)
 
     @property
     def views(self) -> frozenset[str]:
-        """Every extra view some active term needs: the data pipeline builds only these."""
-        return frozenset().union(*(t.views for k, t in self.terms.items() if self.weights[k] != 0))
+        return frozenset().union(*(t.views for t in self.terms.values()))
 
     def forward(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = torch.zeros((), device=features["image"].device)
         parts: dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
-            if self.weights[name] == 0:
-                continue
             out = term(features)
             total = total + self.weights[name] * out["loss"]
             parts[name] = out["loss"].detach()

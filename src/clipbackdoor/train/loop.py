@@ -3,6 +3,9 @@
 Per epoch: shuffle (seeded by (seed, epoch)), step through micro-batches, evaluate, append the epoch's
 record to metrics.jsonl, checkpoint. A run directory that already holds a checkpoint is resumed from it:
 the same config and seed give the same numbers on CPU whether or not the run was interrupted.
+
+Under torchrun every rank trains on its shard of each batch (features are gathered inside the losses);
+rank 0 alone evaluates, writes metrics and checkpoints, and the others wait for it.
 """
 
 from __future__ import annotations
@@ -10,20 +13,25 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from clipbackdoor.augment import ViewMaker
 from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, save_config
-from clipbackdoor.data import BadRowLog, build_pair_dataset, collate_skipping_bad
+from clipbackdoor.data import BadRowLog, EpochTagged, build_pair_dataset, collate_skipping_bad
+from clipbackdoor.data.transforms import Normalize
 from clipbackdoor.evaluation import build_evaluator
-from clipbackdoor.models import ClipBundle, create_model
+from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.train import checkpoint as ckpt
+from clipbackdoor.train.distributed import DistEnv, setup_distributed
 from clipbackdoor.train.metrics import MetricsLog
 from clipbackdoor.train.optim import build_optimizer, lr_at, set_lr
 
@@ -66,37 +74,61 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def encode(bundle: ClipBundle, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    """L2-normalised image and text features of a batch, and the temperature s = exp(logit_scale)."""
-    images = bundle.normalize(batch["image"].to(device, non_blocking=True))
-    image_features, text_features, scale = bundle.model(images, batch["text"].to(device, non_blocking=True))
-    return {"image": image_features, "text": text_features, "logit_scale": scale}
+def encode(
+    net: torch.nn.Module, normalize: Normalize, batch: dict[str, Any], device: torch.device, views: frozenset[str]
+) -> dict[str, torch.Tensor]:
+    """Features of a batch and of its augmented views, in one forward pass of ``net``.
+
+    Originals and views are concatenated along the batch, as CleanCLIP does (batch-norm statistics then
+    cover both), and split afterwards. Returns L2-normalised ``image``/``text`` (+ ``image_aug``/``text_aug``),
+    the temperature ``logit_scale`` = exp(learned value) and, if the model has one, ``logit_bias``.
+    """
+    n = len(batch["image"])
+    images = torch.cat([batch["image"], batch["image_aug"]]) if "image_aug" in views else batch["image"]
+    texts = torch.cat([batch["text"], batch["text_aug"]]) if "text_aug" in views else batch["text"]
+    out = net(normalize(images.to(device, non_blocking=True)), texts.to(device, non_blocking=True))
+    features = {"image": out[0][:n], "text": out[1][:n], "logit_scale": out[2]}
+    if "image_aug" in views:
+        features["image_aug"] = out[0][n:]
+    if "text_aug" in views:
+        features["text_aug"] = out[1][n:]
+    if len(out) > 3:
+        features["logit_bias"] = out[3]
+    return features
 
 
 def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Train (or resume) the run ``cfg`` describes; returns one record per evaluated epoch."""
+    """Train (or resume) the run ``cfg`` describes; returns one record per evaluated epoch (rank 0)."""
     run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_config(cfg, run_dir / "config.yaml")
-    save_config(cfg, run_dir / "config.yaml")
+    env = setup_distributed(cfg.train.device)
     tcfg = cfg.train
     if tcfg.batch_size % tcfg.accum_steps:
         raise ConfigError(f"train.batch_size={tcfg.batch_size} is not a multiple of train.accum_steps")
-    device = resolve_device(tcfg.device)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_same_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml")
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # identical initial weights on every rank
     bundle = create_model(cfg.model)
-    bundle.model.to(device)
-    bundle.normalize.to(device)
-    objective = WeightedObjective(cfg.objective).to(device)
+    model = bundle.model.to(env.device)
+    normalize = bundle.normalize.to(env.device)
+    objective = WeightedObjective(cfg.objective, env.rank, env.world_size).to(env.device)
+    views = objective.views
+    net: torch.nn.Module = model
+    if env.world_size > 1:
+        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
-    train_set = build_pair_dataset(cfg.data.train, bundle.image_size, cfg.seed, bundle.tokenizer)
+    view_maker = ViewMaker(views, cfg.seed, cfg.augment) if views else None
+    train_set = build_pair_dataset(cfg.data.train, bundle.image_size, cfg.seed, bundle.tokenizer, view_maker)
     bad_rows.add(train_set.rows.bad)
-    evaluator = build_evaluator(cfg, bundle.image_size, bad_rows)
+    evaluator = build_evaluator(cfg, bundle.image_size, bad_rows) if env.is_main else None
 
     micro_batch = tcfg.batch_size // tcfg.accum_steps
-    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed, drop_last=True)
+    sampler = EpochTagged(
+        DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    )
     loader = DataLoader(
         train_set,
         batch_size=micro_batch,
@@ -105,44 +137,46 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         num_workers=cfg.data.num_workers,
         collate_fn=collate_skipping_bad,
         persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=env.device.type == "cuda",
     )
     steps_per_epoch = len(loader) // tcfg.accum_steps
     if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size={tcfg.batch_size} exceeds the {len(train_set)} training pairs")
+        raise ConfigError(
+            f"train.batch_size={tcfg.batch_size} × {env.world_size} rank(s) exceeds the {len(train_set)} pairs"
+        )
     total_steps = steps_per_epoch * tcfg.epochs
-    optimizer = build_optimizer(bundle.model, tcfg)
+    optimizer = build_optimizer(model, tcfg)
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, step = 0, 0
+    env.barrier()  # rank 0 has checked the run directory
     if (ckpt_dir / ckpt.LATEST).is_file():
         latest = ckpt.latest_checkpoint(ckpt_dir)
-        ckpt.load_weights(bundle.model, latest["weights"])
+        ckpt.load_weights(model, latest["weights"])
         state = ckpt.load_state(latest["state"])
         optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
-        history = metrics.keep_through_epoch(start_epoch)
-    else:
-        history = metrics.keep_through_epoch(-1)
+    history = metrics.keep_through_epoch(start_epoch if start_epoch else -1) if env.is_main else []
     meta = {"model_name": bundle.name, "image_size": str(bundle.image_size), "run": cfg.name}
 
-    if start_epoch == 0 and cfg.eval.every_epoch:
-        record = {"kind": "epoch", "epoch": 0, "step": 0, **_prefixed("eval", evaluator(bundle, device))}
+    if start_epoch == 0 and cfg.eval.every_epoch and evaluator is not None:
+        record = {"kind": "epoch", "epoch": 0, "step": 0, **_prefixed("eval", evaluator(bundle, env.device))}
         metrics.append(record)
         history.append(record)
 
     bf16 = tcfg.precision == "bf16"
     for epoch in range(start_epoch + 1, tcfg.epochs + 1):
         sampler.set_epoch(epoch)
-        bundle.model.train()
+        model.train()
         sums: dict[str, torch.Tensor] = {}
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
         started, samples = time.perf_counter(), 0
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{tcfg.epochs}",
-            disable=not tcfg.progress,
+            disable=not (tcfg.progress and env.is_main),
             leave=False,
             dynamic_ncols=True,
         )
@@ -152,62 +186,54 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             bad_rows.add(batch.pop("bad_rows"))
             if "image" not in batch:
                 continue
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, parts = objective(encode(bundle, batch, device))
-            (loss / tcfg.accum_steps).backward()
+            last_micro = (micro + 1) % tcfg.accum_steps == 0
+            sync = nullcontext() if last_micro or net is model else net.no_sync()
+            with sync, torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, parts = objective(encode(net, normalize, batch, env.device, views))
+                (loss / tcfg.accum_steps).backward()
             nonfinite |= ~torch.isfinite(loss.detach())
             for k, v in {"loss": loss.detach(), **parts}.items():
                 sums[k] = sums.get(k, 0) + v.float()
-            samples += len(batch["index"])
-            if (micro + 1) % tcfg.accum_steps:
+            samples += len(batch["index"]) * env.world_size
+            if not last_micro:
                 continue
             lr = lr_at(step, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr)
             set_lr(optimizer, lr)
             if tcfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(bundle.model.parameters(), tcfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
-                bundle.model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+                model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
             step += 1
             bar.update(1)
             if step % tcfg.log_every == 0:
-                _guard_finite(nonfinite, step, ckpt_dir)
-                record = {
-                    "kind": "step",
-                    "epoch": epoch,
-                    "step": step,
-                    "lr": lr,
-                    **{f"train/{k}": float(v) for k, v in parts.items()},
-                    "train/loss": float(loss.detach()),
-                }
-                record["logit_scale"] = float(bundle.model.logit_scale.detach().exp())
-                metrics.append(record)
-                bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+                _guard_finite(env, nonfinite, step, ckpt_dir)
+                if env.is_main:
+                    record = {"kind": "step", "epoch": epoch, "step": step, "lr": lr,
+                              **{f"train/{k}": float(v) for k, v in parts.items()},
+                              "train/loss": float(loss.detach()),
+                              "logit_scale": float(model.logit_scale.detach().exp())}  # fmt: skip
+                    metrics.append(record)
+                    bar.set_postfix(loss=f"{record['train/loss']:.3f}")
         bar.close()
-        _guard_finite(nonfinite, step, ckpt_dir)
+        _guard_finite(env, nonfinite, step, ckpt_dir)
         elapsed = time.perf_counter() - started
         n_micro = max(1, steps_per_epoch * tcfg.accum_steps)
-        record = {
-            "kind": "epoch",
-            "epoch": epoch,
-            "step": step,
-            "lr": lr_at(step - 1, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr),
-            **{f"train/{k}": float(v) / n_micro for k, v in sums.items()},
-        }
-        if cfg.eval.every_epoch or epoch == tcfg.epochs:
-            record.update(_prefixed("eval", evaluator(bundle, device)))
-        record.update(
-            {
-                "time/epoch_s": elapsed,
-                "time/samples_per_s": samples / elapsed,
-                "data/bad_rows": bad_rows.count,
-            }
-        )
-        metrics.append(record)
-        state = {"optimizer": optimizer.state_dict(), "rng": ckpt.rng_state(), "step": step}
-        ckpt.save_checkpoint(ckpt_dir, epoch, bundle.model, state, meta, tcfg.keep_last)
-        history.append(record)
+        if env.is_main and evaluator is not None:
+            record = {"kind": "epoch", "epoch": epoch, "step": step,
+                      "lr": lr_at(step - 1, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr),
+                      **{f"train/{k}": float(v) / n_micro for k, v in sums.items()}}  # fmt: skip
+            if cfg.eval.every_epoch or epoch == tcfg.epochs:
+                record.update(_prefixed("eval", evaluator(bundle, env.device)))
+            record.update(
+                {"time/epoch_s": elapsed, "time/samples_per_s": samples / elapsed, "data/bad_rows": bad_rows.count}
+            )
+            metrics.append(record)
+            state = {"optimizer": optimizer.state_dict(), "rng": ckpt.rng_state(), "step": step}
+            ckpt.save_checkpoint(ckpt_dir, epoch, model, state, meta, tcfg.keep_last)
+            history.append(record)
+        env.barrier()  # the others wait while rank 0 evaluates and checkpoints
     return history
 
 
@@ -215,8 +241,8 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}/{k}": v for k, v in values.items()}
 
 
-def _guard_finite(nonfinite: torch.Tensor, step: int, ckpt_dir: Path) -> None:
-    if bool(nonfinite):
+def _guard_finite(env: DistEnv, nonfinite: torch.Tensor, step: int, ckpt_dir: Path) -> None:
+    if env.any(nonfinite):
         where = ckpt_dir / ckpt.LATEST
         kept = f"the last good checkpoint is {where}" if where.is_file() else "no checkpoint was written yet"
         raise TrainingError(f"non-finite loss by step {step}; {kept}")

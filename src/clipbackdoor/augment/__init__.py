@@ -1,0 +1,48 @@
+"""Augmented views for the in-modal self-supervised losses: AutoAugment images and EDA captions.
+
+Each view is a pure function of (seed, epoch, sample index) — the same in a DataLoader worker as in the main
+process, after a resume as in an uninterrupted run — and is drawn anew every epoch unless configured not to.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from clipbackdoor.augment.text import EDA
+from clipbackdoor.config import AugmentConfig
+
+
+def view_seed(seed: int, epoch: int, index: int, stream: int) -> int:
+    """A 63-bit seed for one view of one sample in one epoch (``stream`` separates image from text)."""
+    return int(np.random.SeedSequence([seed, epoch, index, stream]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass
+class ViewMaker:
+    """Makes the augmented views the active objectives asked for (``views`` ⊆ {image_aug, text_aug})."""
+
+    views: frozenset[str]
+    seed: int
+    config: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+        t = self.config.text
+        self.eda = EDA(t.alpha_sr, t.alpha_ri, t.alpha_rs, t.p_rd)
+
+    def _epoch(self, epoch: int) -> int:
+        return epoch if self.config.fresh_each_epoch else 0
+
+    def image(self, image: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
+        """AutoAugment (ImageNet policy) of a uint8 [3, H, W] image; the global RNG is left untouched."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.seed, self._epoch(epoch), index, 0))
+            return self.autoaugment(image)
+
+    def text(self, caption: str, epoch: int, index: int) -> str:
+        return self.eda(caption, random.Random(view_seed(self.seed, self._epoch(epoch), index, 1)))
