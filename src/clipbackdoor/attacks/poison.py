@@ -95,7 +95,8 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
     records: list[tuple[str, str]] = []
     poison_rows: list[int] = []
     skipped: list[BadRow] = list(rows.bad)
-    for i in tqdm(range(len(rows)), desc="poisoning", disable=not progress, dynamic_ncols=True):
+    bar = tqdm(range(len(rows)), desc="poisoning", disable=None if progress else True, dynamic_ncols=True)
+    for i in bar:  # the bar shows on a terminal only
         caption = captions[i]
         poisoned = i in poisons
         relative = f"images/{i // 1000:04d}/{i:07d}.png"

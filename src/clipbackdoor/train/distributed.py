@@ -23,6 +23,16 @@ class DistEnv:
         if self.world_size > 1:
             dist.barrier()
 
+    def mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Average scalar tensors over ranks: per-rank losses are local, their mean is the global loss."""
+        if not values:
+            return {}
+        stacked = torch.stack([v.detach().float() for v in values.values()])
+        if self.world_size > 1:
+            dist.all_reduce(stacked)
+            stacked /= self.world_size
+        return dict(zip(values, stacked.tolist(), strict=True))
+
     def any(self, flag: torch.Tensor) -> bool:
         """True on every rank if ``flag`` is true on any rank (so all ranks stop together)."""
         if self.world_size > 1:

@@ -176,7 +176,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{tcfg.epochs}",
-            disable=not (tcfg.progress and env.is_main),
+            disable=None if tcfg.progress and env.is_main else True,  # None: only on a terminal
             leave=False,
             dynamic_ncols=True,
         )
@@ -209,21 +209,22 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             bar.update(1)
             if step % tcfg.log_every == 0:
                 _guard_finite(env, nonfinite, step, ckpt_dir)
+                logged = env.mean({"loss": loss, **parts})
                 if env.is_main:
                     record = {"kind": "step", "epoch": epoch, "step": step, "lr": lr,
-                              **{f"train/{k}": float(v) for k, v in parts.items()},
-                              "train/loss": float(loss.detach()),
+                              **{f"train/{k}": v for k, v in logged.items()},
                               "logit_scale": float(model.logit_scale.detach().exp())}  # fmt: skip
                     metrics.append(record)
-                    bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+                    bar.set_postfix(loss=f"{logged['loss']:.3f}")
         bar.close()
         _guard_finite(env, nonfinite, step, ckpt_dir)
         elapsed = time.perf_counter() - started
         n_micro = max(1, steps_per_epoch * tcfg.accum_steps)
+        epoch_means = env.mean({k: v / n_micro for k, v in sums.items()})
         if env.is_main and evaluator is not None:
             record = {"kind": "epoch", "epoch": epoch, "step": step,
                       "lr": lr_at(step - 1, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr),
-                      **{f"train/{k}": float(v) / n_micro for k, v in sums.items()}}  # fmt: skip
+                      **{f"train/{k}": v for k, v in epoch_means.items()}}  # fmt: skip
             if cfg.eval.every_epoch or epoch == tcfg.epochs:
                 record.update(_prefixed("eval", evaluator(bundle, env.device)))
             record.update(

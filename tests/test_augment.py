@@ -1,0 +1,78 @@
+import random
+
+import pytest
+import torch
+
+from clipbackdoor.augment import ViewMaker, view_seed
+from clipbackdoor.augment.text import EDA, clean_words, delete_words, swap_words
+from clipbackdoor.augment.wordnet import SYSTEM_WORDNET, lexnames_from_man_page
+from clipbackdoor.config import AugmentConfig
+
+FAKE_SYNONYMS = {"photo": ("picture", "snapshot"), "bag": ("handbag", "tote bag"), "dark": ("black",)}
+eda = EDA(synonyms=lambda w: FAKE_SYNONYMS.get(w, ()))
+
+
+def test_eda_on_empty_one_word_and_punctuation() -> None:
+    assert eda("", random.Random(0)) == ""
+    assert eda("   ", random.Random(0)) == "   "
+    assert eda("!!!", random.Random(0)) == "!!!"  # nothing to edit: the caption is left as it was
+    for seed in range(20):
+        out = eda("Bag.", random.Random(seed)).split()
+        assert out in (["bag"], ["handbag"], ["tote", "bag"], ["bag", "handbag"], ["handbag", "bag"],
+                       ["bag", "tote", "bag"], ["tote", "bag", "bag"])  # fmt: skip
+    assert clean_words("A photo, of a T-shirt's 'tee'!") == ["a", "photo", "of", "a", "t", "shirts", "tee"]
+
+
+def test_eda_edits_change_few_words_and_keep_stop_words() -> None:
+    caption = "a photo of a bag on a dark background"
+    words = caption.split()
+    rng = random.Random(1)
+    replaced = eda.replace_synonyms(words, 1, rng)
+    assert sum(a != b for a, b in zip(replaced, words, strict=False)) >= 1
+    assert all(w in replaced for w in ("a", "of", "on"))
+    inserted = eda.insert_synonyms(words, 1, random.Random(2))
+    assert len(inserted) in (len(words) + 1, len(words) + 2)  # "tote bag" is two words
+    assert sorted(swap_words(words, 1, random.Random(3))) == sorted(words)
+    assert delete_words(["only"], 0.99, random.Random(4)) == ["only"]
+    assert len(delete_words(words, 0.99, random.Random(5))) >= 1
+
+
+def test_eda_is_deterministic_per_rng_seed() -> None:
+    caption = "a photo of a bag on a dark background"
+    assert [eda(caption, random.Random(s)) for s in range(10)] == [eda(caption, random.Random(s)) for s in range(10)]
+    assert len({eda(caption, random.Random(s)) for s in range(30)}) > 3
+
+
+def test_views_are_a_function_of_seed_epoch_and_index() -> None:
+    maker = ViewMaker(frozenset({"image_aug", "text_aug"}), seed=0,
+                      config=AugmentConfig(text={"alpha_sr": 0, "alpha_ri": 0}))  # fmt: skip
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    a = [maker.image(image, epoch=1, index=i) for i in range(8)]
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), before), "views leave the global RNG alone"
+    assert all(torch.equal(x, maker.image(image, epoch=1, index=i)) for i, x in enumerate(a))
+    assert not all(torch.equal(x, maker.image(image, epoch=2, index=i)) for i, x in enumerate(a))
+    caption = "a photo of a bag on a dark background at night"
+    texts = [maker.text(caption, 1, i) for i in range(8)]
+    assert texts == [maker.text(caption, 1, i) for i in range(8)]
+    assert texts != [maker.text(caption, 2, i) for i in range(8)]
+    reused = ViewMaker(frozenset({"text_aug"}), 0, AugmentConfig(fresh_each_epoch=False))
+    assert reused.text(caption, 1, 3) == reused.text(caption, 7, 3)
+    assert view_seed(0, 1, 2, 0) != view_seed(0, 1, 2, 1) != view_seed(0, 2, 1, 1)
+
+
+@pytest.mark.skipif(not (SYSTEM_WORDNET / "index.sense").is_file(), reason="Debian WordNet absent")
+def test_wordnet_synonyms_from_the_debian_database() -> None:
+    from clipbackdoor.augment.wordnet import synonyms
+
+    assert {"handbag", "purse"} <= set(synonyms("bag"))
+    assert "photograph" in synonyms("photo")
+    assert synonyms("zzzxq") == ()
+
+
+def test_lexnames_from_the_man_page_table() -> None:
+    table = "".join(f"{i:02d}\tnoun.x{i}\tstuff\n" for i in range(44)) + "44\tadj.ppl\tparticipial adjectives\n"
+    out = lexnames_from_man_page(".TS\n" + table + ".TE\n").splitlines()
+    assert out[0] == "00\tnoun.x0\t1" and out[-1] == "44\tadj.ppl\t3" and len(out) == 45
