@@ -1,8 +1,11 @@
-"""Pre-training throughput: our training loop against a plain open_clip loop on the same model and data.
+"""Pre-training throughput: our training loop against a plain open_clip loop, and MMCL+SSL against MMCL.
 
-Both loops read the same DataLoader (same dataset, batch size and order) and run the same model, loss and
-optimizer, so their ratio is the overhead our loop adds (metrics, checkpoints, schedule, guards); the
-target is ≥ 0.95. The model's FLOP/s is also given as a share of this machine's measured fp32 matmul peak.
+- ``loop_vs_open_clip``: both loops read the same DataLoader (same dataset, batch size and order) and run
+  the same model, CLIP loss and optimizer, so the ratio is the overhead our loop adds (metrics, checkpoints,
+  schedule, guards); target ≥ 0.95.
+- ``ssl_vs_mmcl``: our loop with MMCL+SSL (two views per pair: twice the forward/backward, plus AutoAugment
+  and EDA in the loader) against MMCL at the same batch; 0.5 is the ideal, target ≥ 0.45.
+- ``matmul_peak_share``: each objective's model FLOP/s as a share of the measured fp32 matmul peak.
 
     python benchmarks/bench_train.py            # writes benchmarks/results/train.json
 """
@@ -26,14 +29,18 @@ from common import count_flops, machine, matmul_peak_flops, write_result
 from clipbackdoor.config import load_config
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
 from clipbackdoor.models import create_model
-from clipbackdoor.train.loop import fit
+from clipbackdoor.objectives import WeightedObjective
+from clipbackdoor.train.loop import encode, fit
+
+OBJECTIVES = {"mmcl": "{mmcl: 1.0}", "mmcl+ssl": "{mmcl: 1.0, ssl: 1.0}"}
 
 
-def ours(model: str, batch: int, steps: int, workdir: Path, tag: str) -> float:
+def ours(model: str, batch: int, steps: int, workdir: Path, tag: str, objective: str = "mmcl") -> float:
     cfg = load_config(
         "demo",
         [
-            f"name=bench-{tag}",
+            f"objective={OBJECTIVES[objective]}",
+            f"name=bench-{objective}-{tag}",
             f"output_dir={workdir}",
             f"model.name={model}",
             "train.epochs=1",
@@ -72,14 +79,17 @@ def plain_open_clip(model_name: str, batch: int, steps: int, seed: int = 0) -> f
     return samples / (time.perf_counter() - start)
 
 
-def flops_per_sample(model_name: str, batch: int) -> float:
+def flops_per_sample(model_name: str, batch: int, objective: str) -> float:
+    """FLOPs of one training step (forward + backward) per pair, as our loop runs it."""
     bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
-    images = torch.rand(batch, 3, bundle.image_size, bundle.image_size)
+    loss_fn = WeightedObjective(load_config("demo", [f"objective={OBJECTIVES[objective]}"]).objective)
+    size = bundle.image_size
     texts = bundle.tokenizer(["a photo of a bag."] * batch)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    data = {"image": images, "image_aug": images.clone(), "text": texts, "text_aug": texts.clone()}
 
     def step() -> None:
-        i, t, s = bundle.model(bundle.normalize(images), texts)
-        ClipLoss()(i, t, s).backward()
+        loss_fn(encode(bundle.model, bundle.normalize, data, torch.device("cpu"), loss_fn.views))[0].backward()
 
     return count_flops(step) / batch
 
@@ -93,13 +103,14 @@ def main() -> None:
     args = parser.parse_args()
 
     peak = matmul_peak_flops()
-    ours_runs, plain_runs = [], []
+    runs: dict[str, list[float]] = {"mmcl": [], "mmcl+ssl": [], "open_clip": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-            ours_runs.append(ours(args.model, args.batch, args.steps, Path(tmp), str(r)))
-            plain_runs.append(plain_open_clip(args.model, args.batch, args.steps))
-    ours_sps, plain_sps = statistics.median(ours_runs), statistics.median(plain_runs)
-    flops = flops_per_sample(args.model, args.batch)
+        for r in range(args.repeats):  # interleaved, so drift in machine load hits all alike
+            runs["mmcl"].append(ours(args.model, args.batch, args.steps, Path(tmp), str(r), "mmcl"))
+            runs["open_clip"].append(plain_open_clip(args.model, args.batch, args.steps))
+            runs["mmcl+ssl"].append(ours(args.model, args.batch, args.steps, Path(tmp), str(r), "mmcl+ssl"))
+    sps = {k: statistics.median(v) for k, v in runs.items()}
+    flops = {k: flops_per_sample(args.model, args.batch, k) for k in OBJECTIVES}
     payload = {
         "benchmark": "train",
         "machine": machine(),
@@ -108,21 +119,20 @@ def main() -> None:
             "batch": args.batch,
             "steps": args.steps,
             "repeats": args.repeats,
-            "data": "Fashion-MNIST, decoded by the loader",
-            "objective": "mmcl",
+            "data": "Fashion-MNIST, decoded by the loader (num_workers=0)",
             "precision": "fp32",
         },
         "results": {
-            "ours_samples_per_s": ours_runs,
-            "open_clip_samples_per_s": plain_runs,
+            "samples_per_s": runs,
             "train_flops_per_sample": flops,
             "matmul_peak_flops": peak,
         },
         "summary": {
-            "loop_vs_open_clip": ours_sps / plain_sps,
-            "matmul_peak_share": ours_sps * flops / peak,
-            "ours_samples_per_s": ours_sps,
-            "open_clip_samples_per_s": plain_sps,
+            "loop_vs_open_clip": sps["mmcl"] / sps["open_clip"],
+            "ssl_vs_mmcl": sps["mmcl+ssl"] / sps["mmcl"],
+            "matmul_peak_share": sps["mmcl"] * flops["mmcl"] / peak,
+            "matmul_peak_share_ssl": sps["mmcl+ssl"] * flops["mmcl+ssl"] / peak,
+            "samples_per_s": sps,
         },
     }
     path = write_result("train", payload)

@@ -26,7 +26,7 @@ B = 4
 
 def _batch(n: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
-    tokens = lambda: torch.randint(1, 400, (n, 32), generator=g)  # noqa: E731
+    tokens = lambda: torch.randint(1, 400, (n, 20), generator=g)  # noqa: E731
     return {
         "image": torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
         "image_aug": torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),

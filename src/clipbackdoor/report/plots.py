@@ -12,22 +12,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+Records = Sequence[dict[str, Any]]
 
-def plot_epoch_curves(records: Sequence[dict[str, Any]], keys: dict[str, str], path: Path, title: str) -> Path:
-    """One line per metric ``key`` (labelled ``keys[key]``) against epoch, saved as PNG or SVG."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=150)
-    for key, label in keys.items():
+
+def plot_epoch_curves(series: Sequence[tuple[str, Records, str]], path: Path, title: str) -> Path:
+    """One line per (label, records, metric key) against epoch, in percent; saved as PNG or SVG."""
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=150)
+    for label, records, key in series:
         points = [(r["epoch"], r[key]) for r in records if r.get("kind") == "epoch" and key in r]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", label=label)
+            style = "--" if "asr" in key else "-"
+            ax.plot(xs, ys, style, marker="o", label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(-2, 102)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
