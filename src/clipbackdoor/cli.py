@@ -86,6 +86,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from clipbackdoor.defenses.cleaning import cleaning_config
+    from clipbackdoor.train.loop import fit
+
+    cfg = cleaning_config(args.run, args.defense, args.overrides, args.name)
+    print(f"== cleaning {args.run} with {cfg.defense['name']} -> {cfg.run_dir}")
+    records = fit(cfg)
+    print(_records_table(records))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from clipbackdoor.data import BadRowLog
     from clipbackdoor.evaluation import build_evaluator
@@ -138,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML file or built-in config name")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_poison)
+
+    p = sub.add_parser("clean", help="clean a poisoned run with a defense; CA/ASR/RA at epoch 0 and every epoch")
+    p.add_argument("run", help="the poisoned run directory (its last checkpoint is cleaned)")
+    p.add_argument("--defense", default="cleanclip", help="built-in defense (configs/defenses/) or a YAML recipe")
+    p.add_argument("--name", help="run name (default: <poisoned run>-<defense>)")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("evaluate", help="zero-shot accuracy of a checkpoint, written as a JSON record")
     p.add_argument("checkpoint", help="a .safetensors file, a checkpoints/ folder or a run directory")

@@ -197,6 +197,20 @@ class ExperimentConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     poison: PoisonConfig | None = Field(None, description="read by `clipbackdoor poison`")
+    defense: dict[str, Any] | None = Field(
+        None, description="cleaning defense and its parameters, e.g. {name: cleanclip, ssl: 1.0}; sets the objective"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defense_sets_objective(cls, data: Any) -> Any:
+        """A defense owns the cleaning objective: its terms replace ``objective``."""
+        if isinstance(data, dict) and data.get("defense"):
+            from clipbackdoor.defenses import build_defense
+
+            defense = build_defense(data["defense"])
+            data = {**data, "defense": defense.model_dump(mode="json"), "objective": defense.objective()}
+        return data
 
     @field_validator("objective")
     @classmethod
@@ -265,7 +279,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
 
 
 def builtin_config_path(name: str) -> Path | None:
-    """The packaged config called ``name`` (``demo`` -> configs/demo.yaml), if there is one."""
+    """The packaged config called ``name`` (``demo`` -> configs/demo.yaml, ``defenses/par``), if there is one."""
     candidate = resources.files("clipbackdoor") / "configs" / f"{name}.yaml"
     return Path(str(candidate)) if candidate.is_file() else None
 
@@ -278,6 +292,23 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(tree).__name__}")
     return tree
+
+
+def merge_trees(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in: nested mappings merge, anything else is replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge_trees(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def validate_tree(tree: dict[str, Any], overrides: list[str], origin: str) -> ExperimentConfig:
+    """Apply overrides to a raw config tree and validate it; errors name the key and where it came from."""
+    tree = apply_overrides(tree, list(overrides))
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
 
 
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -296,11 +327,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
             path = builtin
         tree = read_yaml(path)
         origin = str(path)
-    tree = apply_overrides(tree, list(overrides or []))
-    try:
-        return ExperimentConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, origin)) from None
+    return validate_tree(tree, list(overrides or []), origin)
 
 
 def save_config(cfg: BaseModel, path: Path) -> None:

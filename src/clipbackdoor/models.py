@@ -52,8 +52,11 @@ def create_model(cfg: ModelConfig) -> ClipBundle:
     level = root.level
     root.setLevel(logging.ERROR)  # open_clip warns on every model built without pretrained weights: our norm
     try:
-        extra = {k: v for k, v in (("init_logit_scale", cfg.init_logit_scale),
-                                    ("init_logit_bias", cfg.init_logit_bias)) if v is not None}  # fmt: skip
+        extra = {
+            k: v
+            for k, v in (("init_logit_scale", cfg.init_logit_scale), ("init_logit_bias", cfg.init_logit_bias))
+            if v is not None
+        }
         model = open_clip.create_model(name, pretrained=None, force_image_size=cfg.image_size, **extra)
     finally:
         root.setLevel(level)

@@ -15,8 +15,9 @@ from clipbackdoor.objectives.distributed import gather_with_grad, local_targets
 from clipbackdoor.objectives.registry import Features, Objective, register
 
 
-def in_modal_ce(original: torch.Tensor, augmented: torch.Tensor, scale: torch.Tensor, rank: int,
-                world_size: int) -> torch.Tensor:  # fmt: skip
+def in_modal_ce(
+    original: torch.Tensor, augmented: torch.Tensor, scale: torch.Tensor, rank: int, world_size: int
+) -> torch.Tensor:
     logits = scale * original @ gather_with_grad(augmented, world_size).T
     return F.cross_entropy(logits, local_targets(len(original), rank, original.device))
 
@@ -36,8 +37,14 @@ class SSL(Objective):
     def forward(self, features: Features) -> dict[str, torch.Tensor]:
         s = features["logit_scale"]
         zero = features["image"].new_zeros(())
-        image = in_modal_ce(features["image"], features["image_aug"], s, self.rank, self.world_size) \
-            if self.image > 0 else zero  # fmt: skip
-        text = in_modal_ce(features["text"], features["text_aug"], s, self.rank, self.world_size) \
-            if self.text > 0 else zero  # fmt: skip
+        image = (
+            in_modal_ce(features["image"], features["image_aug"], s, self.rank, self.world_size)
+            if self.image > 0
+            else zero
+        )
+        text = (
+            in_modal_ce(features["text"], features["text_aug"], s, self.rank, self.world_size)
+            if self.text > 0
+            else zero
+        )
         return {"loss": 0.5 * (self.image * image + self.text * text), "image": image, "text": text}

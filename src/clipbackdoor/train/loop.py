@@ -27,11 +27,13 @@ from clipbackdoor.augment import ViewMaker
 from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, save_config
 from clipbackdoor.data import BadRowLog, EpochTagged, build_pair_dataset, collate_skipping_bad
 from clipbackdoor.data.transforms import Normalize
+from clipbackdoor.defenses import build_defense
 from clipbackdoor.evaluation import build_evaluator
 from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.train import checkpoint as ckpt
 from clipbackdoor.train.distributed import DistEnv, setup_distributed
+from clipbackdoor.train.hooks import LoopContext
 from clipbackdoor.train.metrics import MetricsLog
 from clipbackdoor.train.optim import build_optimizer, lr_at, set_lr
 
@@ -115,6 +117,10 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
     normalize = bundle.normalize.to(env.device)
     objective = WeightedObjective(cfg.objective, env.rank, env.world_size).to(env.device)
     views = objective.views
+    hooks = build_defense(cfg.defense).hooks(bundle) if cfg.defense else []
+    extras = torch.nn.ModuleDict({k: m for h in hooks for k, m in h.modules().items()}).to(env.device)
+    if env.world_size > 1 and len(extras):
+        raise ConfigError(f"defense {cfg.defense['name']} trains extra modules, not yet supported under torchrun")
     net: torch.nn.Module = model
     if env.world_size > 1:
         net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
@@ -145,7 +151,10 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             f"train.batch_size={tcfg.batch_size} × {env.world_size} rank(s) exceeds the {len(train_set)} pairs"
         )
     total_steps = steps_per_epoch * tcfg.epochs
-    optimizer = build_optimizer(model, tcfg)
+    optimizer = build_optimizer(torch.nn.ModuleDict({"clip": model, **extras}), tcfg)
+    ctx = LoopContext(bundle, cfg.model, train_set, env.device, cfg.seed, micro_batch)
+    for hook in hooks:
+        hook.setup(ctx)
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     ckpt_dir = run_dir / "checkpoints"
@@ -156,19 +165,24 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         ckpt.load_weights(model, latest["weights"])
         state = ckpt.load_state(latest["state"])
         optimizer.load_state_dict(state["optimizer"])
+        extras.load_state_dict(state.get("extras", {}))
         ckpt.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
     history = metrics.keep_through_epoch(start_epoch if start_epoch else -1) if env.is_main else []
     meta = {"model_name": bundle.name, "image_size": str(bundle.image_size), "run": cfg.name}
 
-    if start_epoch == 0 and cfg.eval.every_epoch and evaluator is not None:
-        record = {"kind": "epoch", "epoch": 0, "step": 0, **_prefixed("eval", evaluator(bundle, env.device))}
-        metrics.append(record)
-        history.append(record)
+    if start_epoch == 0:
+        if cfg.eval.every_epoch and evaluator is not None:  # epoch 0: the model as it was given
+            record = {"kind": "epoch", "epoch": 0, "step": 0, **_prefixed("eval", evaluator(bundle, env.device))}
+            metrics.append(record)
+            history.append(record)
+        for hook in hooks:
+            hook.before_training(ctx)
 
     bf16 = tcfg.precision == "bf16"
     for epoch in range(start_epoch + 1, tcfg.epochs + 1):
         sampler.set_epoch(epoch)
+        hook_logs = {k: v for hook in hooks for k, v in hook.on_epoch_start(epoch, ctx).items()}
         model.train()
         sums: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), dtype=torch.bool, device=env.device)
@@ -189,7 +203,13 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             last_micro = (micro + 1) % tcfg.accum_steps == 0
             sync = nullcontext() if last_micro or net is model else net.no_sync()
             with sync, torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, parts = objective(encode(net, normalize, batch, env.device, views))
+                features = encode(net, normalize, batch, env.device, views)
+                loss, parts = objective(features)
+                for hook in hooks:
+                    extra = hook.loss(features, batch)
+                    if extra:
+                        loss = loss + extra["loss"]
+                        parts.update({f"defense/{k}": v.detach() for k, v in extra.items()})
                 (loss / tcfg.accum_steps).backward()
             nonfinite |= ~torch.isfinite(loss.detach())
             for k, v in {"loss": loss.detach(), **parts}.items():
@@ -211,9 +231,14 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
                 _guard_finite(env, nonfinite, step, ckpt_dir)
                 logged = env.mean({"loss": loss, **parts})
                 if env.is_main:
-                    record = {"kind": "step", "epoch": epoch, "step": step, "lr": lr,
-                              **{f"train/{k}": v for k, v in logged.items()},
-                              "logit_scale": float(model.logit_scale.detach().exp())}  # fmt: skip
+                    record = {
+                        "kind": "step",
+                        "epoch": epoch,
+                        "step": step,
+                        "lr": lr,
+                        **{f"train/{k}": v for k, v in logged.items()},
+                        "logit_scale": float(model.logit_scale.detach().exp()),
+                    }
                     metrics.append(record)
                     bar.set_postfix(loss=f"{logged['loss']:.3f}")
         bar.close()
@@ -222,16 +247,26 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         n_micro = max(1, steps_per_epoch * tcfg.accum_steps)
         epoch_means = env.mean({k: v / n_micro for k, v in sums.items()})
         if env.is_main and evaluator is not None:
-            record = {"kind": "epoch", "epoch": epoch, "step": step,
-                      "lr": lr_at(step - 1, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr),
-                      **{f"train/{k}": v for k, v in epoch_means.items()}}  # fmt: skip
+            record = {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": step,
+                "lr": lr_at(step - 1, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr),
+                **{f"train/{k}": v for k, v in epoch_means.items()},
+                **hook_logs,
+            }
             if cfg.eval.every_epoch or epoch == tcfg.epochs:
                 record.update(_prefixed("eval", evaluator(bundle, env.device)))
             record.update(
                 {"time/epoch_s": elapsed, "time/samples_per_s": samples / elapsed, "data/bad_rows": bad_rows.count}
             )
             metrics.append(record)
-            state = {"optimizer": optimizer.state_dict(), "rng": ckpt.rng_state(), "step": step}
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "rng": ckpt.rng_state(),
+                "step": step,
+                "extras": extras.state_dict(),
+            }
             ckpt.save_checkpoint(ckpt_dir, epoch, model, state, meta, tcfg.keep_last)
             history.append(record)
         env.barrier()  # the others wait while rank 0 evaluates and checkpoints

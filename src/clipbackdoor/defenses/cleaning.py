@@ -1,0 +1,62 @@
+"""The config of a cleaning run, assembled from the poisoned run, the defense's defaults and overrides.
+
+Cleaning fine-tunes the poisoned run's last checkpoint with the same model, evaluation set and attack
+manifest, on the cleaning set the poisoning step wrote (``cleaning.csv`` next to the manifest), with the
+defense's objective and recipe. The optimizer and schedule start fresh (the reference code loaded the
+pre-training optimizer, and with it the old weight decay).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clipbackdoor.attacks.manifest import load_manifest
+from clipbackdoor.config import (
+    ConfigError,
+    ExperimentConfig,
+    builtin_config_path,
+    merge_trees,
+    read_yaml,
+    validate_tree,
+)
+from clipbackdoor.train import checkpoint as ckpt
+
+
+def defense_recipe(defense: str) -> tuple[dict[str, Any], str]:
+    """The defaults of a built-in defense (``cleanclip``) or of a YAML file, and where they came from."""
+    path = Path(defense)
+    if not path.is_file():
+        found = builtin_config_path(f"defenses/{defense}")
+        if found is None:
+            raise ConfigError(f"defense '{defense}' is neither a YAML file nor a built-in (configs/defenses/)")
+        path = found
+    return read_yaml(path), str(path)
+
+
+def cleaning_config(
+    poisoned_run: str | Path, defense: str, overrides: list[str], name: str | None = None
+) -> ExperimentConfig:
+    run = Path(poisoned_run)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run}: not a run directory (no config.yaml)")
+    tree = read_yaml(run / "config.yaml")
+    weights = ckpt.latest_checkpoint(run)["weights"]
+    recipe, origin = defense_recipe(defense)
+    tree.pop("poison", None)
+    tree.pop("defense", None)
+    tree = merge_trees(tree, recipe)
+    tree["name"] = name or f"{tree.get('name', run.name)}-{Path(defense).stem}"  # recipe name: heavy-wd, par, ...
+    tree["model"] = {**tree.get("model", {}), "checkpoint": str(weights)}
+    attack = tree.get("eval", {}).get("attack")
+    cleaning_set = None
+    if attack:
+        manifest, _ = load_manifest(attack)
+        folder = Path(attack) if Path(attack).is_dir() else Path(attack).parent
+        if "cleaning" in manifest.files:
+            cleaning_set = folder / manifest.files["cleaning"]
+    if cleaning_set is not None:
+        tree.setdefault("data", {})["train"] = {"source": "csv", "path": str(cleaning_set)}
+    elif not any(o.startswith("data.train") for o in overrides):
+        raise ConfigError(f"{run}: its poison manifest names no cleaning set; give one with data.train=...")
+    return validate_tree(tree, overrides, f"{run}/config.yaml + {origin}")

@@ -1,0 +1,50 @@
+"""Extension points of the training loop, used by the cleaning defenses.
+
+A hook can change the model once before training (shrink & perturb), do work at the start of every epoch
+(deep clustering's k-means), add trainable modules (a clustering head) and add loss terms computed from
+the batch's features (a clustering loss, PAR's distance to the frozen poisoned model). The loop calls every
+hook at these points and nothing else, so a defense never needs its own copy of the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from clipbackdoor.config import ModelConfig
+from clipbackdoor.data.datasets import PairDataset
+from clipbackdoor.models import ClipBundle
+
+
+@dataclass
+class LoopContext:
+    """What hooks may look at: the model, the training data and where things run."""
+
+    bundle: ClipBundle
+    model_config: ModelConfig
+    train_set: PairDataset
+    device: torch.device
+    seed: int
+    batch_size: int
+
+
+class Hook:
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Extra trainable modules, by name: optimised with the model and saved in its checkpoints."""
+        return {}
+
+    def setup(self, ctx: LoopContext) -> None:
+        """At every start, fresh or resumed, before anything else (e.g. load a frozen reference model)."""
+
+    def before_training(self, ctx: LoopContext) -> None:
+        """Once, after the epoch-0 evaluation of a fresh (not resumed) run."""
+
+    def on_epoch_start(self, epoch: int, ctx: LoopContext) -> dict[str, float]:
+        """Before each epoch's first step; returns values to log with the epoch."""
+        return {}
+
+    def loss(self, features: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Extra weighted terms for this batch: ``{"loss": weighted total, other parts to log}``."""
+        return {}
