@@ -112,3 +112,13 @@ def _epochs(run: Path) -> list[dict]:
     from clipbackdoor.train.metrics import read_records
 
     return [r for r in read_records(run / "metrics.jsonl") if r["kind"] == "epoch"]
+
+
+def test_cleaning_a_tiny_poisoned_model_lowers_its_asr(fmnist_root: Path, tmp_path: Path) -> None:
+    run = poisoned_run(fmnist_root, tmp_path, **{"train.epochs": 6, "train.lr": 2e-3, "eval.every_epoch": False})
+    before = _epochs(run)[-1]
+    assert before["eval/asr_top1"] >= 50, "the tiny model must carry the backdoor for this test to mean anything"
+    cleaned = fit(cleaning_config(run, "mmcl-only", ["train.epochs=4", "train.batch_size=16", "train.lr=1e-3",
+                                                     "train.warmup_steps=1", "eval.every_epoch=true"]))  # fmt: skip
+    assert cleaned[0]["eval/asr_top1"] == before["eval/asr_top1"]
+    assert cleaned[-1]["eval/asr_top1"] <= before["eval/asr_top1"] - 20

@@ -171,7 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # key=value overrides may stand anywhere, also between options (argparse alone cannot mix them)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = build_parser().parse_args([a for a in argv if a not in overrides])
+    if overrides and not hasattr(args, "overrides"):
+        build_parser().error(f"{args.command} takes no key=value overrides")
+    if overrides:
+        args.overrides = overrides
     try:
         return args.func(args)
     except ConfigError as err:

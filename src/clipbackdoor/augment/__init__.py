@@ -40,9 +40,14 @@ class ViewMaker:
 
     def image(self, image: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
         """AutoAugment (ImageNet policy) of a uint8 [3, H, W] image; the global RNG is left untouched."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(self.seed, self._epoch(epoch), index, 0))
+        # torchvision's AutoAugment draws from the global CPU generator: seed it for this one call and put
+        # the state back (default_generator.manual_seed costs ~1 µs; torch.manual_seed ~200 µs).
+        state = torch.get_rng_state()
+        torch.default_generator.manual_seed(view_seed(self.seed, self._epoch(epoch), index, 0))
+        try:
             return self.autoaugment(image)
+        finally:
+            torch.set_rng_state(state)
 
     def text(self, caption: str, epoch: int, index: int) -> str:
         return self.eda(caption, random.Random(view_seed(self.seed, self._epoch(epoch), index, 1)))

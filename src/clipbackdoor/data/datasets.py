@@ -60,7 +60,7 @@ class PairDataset(Dataset):
         if "image_aug" in views:
             item["image_aug"] = self.view_maker.image(image, epoch, index)
         if "text_aug" in views:
-            item["text_aug"] = self.tokenizer([self.view_maker.text(caption, epoch, index)])[0]
+            item["text_aug"] = self._tokens(self.view_maker.text(caption, epoch, index))
         return item
 
     def __getstate__(self) -> dict[str, Any]:
