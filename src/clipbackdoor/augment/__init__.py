@@ -14,6 +14,7 @@ import torch
 from torchvision.transforms import v2
 
 from clipbackdoor.augment.text import EDA
+from clipbackdoor.augment.wordnet import wordnet
 from clipbackdoor.config import AugmentConfig
 
 
@@ -34,6 +35,8 @@ class ViewMaker:
         self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
         t = self.config.text
         self.eda = EDA(t.alpha_sr, t.alpha_ri, t.alpha_rs, t.p_rd)
+        if "text_aug" in self.views and t.alpha_sr + t.alpha_ri > 0:
+            wordnet()  # load WordNet (~5 s) now, before training, and before DataLoader workers fork
 
     def _epoch(self, epoch: int) -> int:
         return epoch if self.config.fresh_each_epoch else 0
