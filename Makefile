@@ -51,6 +51,7 @@ format: $(STAMP)
 
 bench: install
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_eval.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-rn")
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--source-sizes",
         type=int,

@@ -98,8 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-rn")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each loop; medians reported")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each loop; medians reported")
     args = parser.parse_args()
 
     peak = matmul_peak_flops()

@@ -47,3 +47,19 @@ def test_poison_then_pretrain_records_asr_every_epoch(fmnist_root: Path, tmp_pat
     for r in epochs:
         assert r["eval/n_triggered"] == 36  # 40 eval images, 4 of them of the target class "bag"
         assert 0 <= r["eval/asr_top1"] <= 100 and 0 <= r["eval/ra_top1"] <= 100
+
+
+def test_demo_runs_end_to_end_on_tiny_data(fmnist_root: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "poisoned"
+    overrides = [
+        *tiny_overrides(fmnist_root, tmp_path / "runs", **{"train.epochs": 1, "name": "d"}),
+        f"poison.output={data}", f"poison.source.root={fmnist_root}", "poison.num_poisons=8",
+        "poison.cleaning.size=128", f"data.train={{source: csv, path: {data}/train.csv}}",
+        f"eval.attack={data}/manifest.json",
+    ]  # fmt: skip
+    assert main(["demo", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "CleanCLIP CA %" in out and "mmcl-ssl" in out
+    for run in ("d-mmcl", "d-mmcl-ssl", "d-mmcl-cleanclip", "d-mmcl-ssl-cleanclip"):
+        assert (tmp_path / "runs" / run / "checkpoints" / "latest.json").is_file(), run
+    assert (tmp_path / "runs" / "d-report" / "pretraining.png").is_file()

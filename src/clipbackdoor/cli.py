@@ -56,7 +56,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 # The demo pre-trains one model per objective on the same poisoned data (the study's two pre-trainings),
 # then cleans each with CleanCLIP's recipe, shortened to fit a laptop-sized run.
 DEMO_OBJECTIVES = {"mmcl": "{mmcl: 1.0}", "mmcl-ssl": "{mmcl: 1.0, ssl: 1.0}"}
-DEMO_CLEANING = ["train.epochs=2", "train.lr=DEMO_LR"]
+DEMO_CLEANING = ["train.epochs=2", "train.lr=1e-3"]  # lr 1e-4 left ASR at 86 % (MMCL), 45 % (MMCL+SSL)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
