@@ -191,9 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"{args.command} takes no key=value overrides")
     if overrides:
         args.overrides = overrides
+    from clipbackdoor.attacks.manifest import ManifestError
+    from clipbackdoor.augment.wordnet import WordNetMissing
+    from clipbackdoor.data import DataError
+    from clipbackdoor.train.loop import TrainingError
+
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, DataError, ManifestError, TrainingError, WordNetMissing) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

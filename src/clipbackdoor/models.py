@@ -15,7 +15,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from clipbackdoor.config import ModelConfig
+from clipbackdoor.config import ConfigError, ModelConfig
 from clipbackdoor.data.transforms import Normalize
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -35,10 +35,6 @@ class ClipBundle:
     normalize: Normalize
 
 
-def available_models() -> list[str]:
-    return open_clip.list_models()
-
-
 def create_model(cfg: ModelConfig) -> ClipBundle:
     """Build the model a config names, at random init (seed the global RNG first) or from ``checkpoint``."""
     from clipbackdoor.train.checkpoint import checkpoint_model_name, load_weights
@@ -47,7 +43,7 @@ def create_model(cfg: ModelConfig) -> ClipBundle:
     if cfg.checkpoint is not None:
         name = checkpoint_model_name(cfg.checkpoint) or name
     if name not in open_clip.list_models():
-        raise ValueError(f"model.name: unknown model {name!r}; ours: {list(OUR_MODELS)}, or any open_clip name")
+        raise ConfigError(f"model.name: unknown model {name!r}; ours: {list(OUR_MODELS)}, or any open_clip name")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # open_clip warns on every model built without pretrained weights: our norm
