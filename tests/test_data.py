@@ -133,3 +133,14 @@ def test_resize_center_crop_and_normalize() -> None:
     assert int(out.min()) == 255
     x = Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(out.unsqueeze(0))
     assert torch.allclose(x, torch.full_like(x, 2.0))
+
+
+def test_long_captions_keep_their_end_of_text_token() -> None:
+    """The reference code's truncation could drop EOT; CLIP pools the text at EOT, so it must survive."""
+    from clipbackdoor.config import ModelConfig
+    from clipbackdoor.models import create_model
+
+    tokenizer = create_model(ModelConfig(name="tiny-rn")).tokenizer
+    tokens = tokenizer(["a photo of a very " + "very " * 40 + "long bag"])[0]
+    assert len(tokens) == 20
+    assert int(tokens[-1]) == int(tokens.max()) == 49407  # <end_of_text> is the last position and the argmax
