@@ -45,6 +45,10 @@ class PairDataset(Dataset):
     def _tokenize(self, caption: str) -> torch.Tensor:
         return self.tokenizer([caption])[0]
 
+    def without_views(self) -> PairDataset:
+        """The same pairs without augmented views (for passes that only need the originals)."""
+        return PairDataset(self.rows, self.transform, self.tokenizer)
+
     def __len__(self) -> int:
         return len(self.rows)
 

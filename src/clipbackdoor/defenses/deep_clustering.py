@@ -53,7 +53,8 @@ class DeepClusteringHook(Hook):
         model, device = ctx.bundle.model, ctx.device
         was_training = model.training
         model.eval()
-        loader = DataLoader(ctx.train_set, batch_size=max(256, ctx.batch_size), collate_fn=collate_skipping_bad)
+        images = ctx.train_set.without_views()  # views would be computed and thrown away
+        loader = DataLoader(images, batch_size=max(256, ctx.batch_size), collate_fn=collate_skipping_bad)
         embeddings = torch.zeros(len(ctx.train_set), self.head.in_features, device=device)
         for batch in loader:
             if "image" in batch:
