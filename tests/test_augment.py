@@ -1,7 +1,9 @@
 import random
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from clipbackdoor.augment import ViewMaker, view_seed
 from clipbackdoor.augment.text import EDA, clean_words, delete_words, swap_words
@@ -46,14 +48,20 @@ def test_eda_is_deterministic_per_rng_seed() -> None:
 def test_views_are_a_function_of_seed_epoch_and_index() -> None:
     maker = ViewMaker(frozenset({"image_aug", "text_aug"}), seed=0,
                       config=AugmentConfig(text={"alpha_sr": 0, "alpha_ri": 0}))  # fmt: skip
-    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    image = Image.fromarray(pixels.numpy(), mode="RGB")
+
+    def view(epoch: int, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(maker.image(image, epoch=epoch, index=index)))
+
     torch.manual_seed(123)
     before = torch.rand(1)
-    a = [maker.image(image, epoch=1, index=i) for i in range(8)]
+    a = [view(1, i) for i in range(8)]
     torch.manual_seed(123)
     assert torch.equal(torch.rand(1), before), "views leave the global RNG alone"
-    assert all(torch.equal(x, maker.image(image, epoch=1, index=i)) for i, x in enumerate(a))
-    assert not all(torch.equal(x, maker.image(image, epoch=2, index=i)) for i, x in enumerate(a))
+    assert all(torch.equal(x, view(1, i)) for i, x in enumerate(a))
+    assert not all(torch.equal(x, view(2, i)) for i, x in enumerate(a))
+    assert not all(torch.equal(x, pixels) for x in a), "AutoAugment changes the image"
     caption = "a photo of a bag on a dark background at night"
     texts = [maker.text(caption, 1, i) for i in range(8)]
     assert texts == [maker.text(caption, 1, i) for i in range(8)]

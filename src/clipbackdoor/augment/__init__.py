@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from clipbackdoor.augment.text import EDA
@@ -41,8 +42,8 @@ class ViewMaker:
     def _epoch(self, epoch: int) -> int:
         return epoch if self.config.fresh_each_epoch else 0
 
-    def image(self, image: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
-        """AutoAugment (ImageNet policy) of a uint8 [3, H, W] image; the global RNG is left untouched."""
+    def image(self, image: Image.Image, epoch: int, index: int) -> Image.Image:
+        """AutoAugment (ImageNet policy) of an RGB image; the global RNG is left untouched."""
         # torchvision's AutoAugment draws from the global CPU generator: seed it for this one call and put
         # the state back (default_generator.manual_seed costs ~1 µs; torch.manual_seed ~200 µs).
         state = torch.get_rng_state()

@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from clipbackdoor.data.bad_rows import BadRow
+from clipbackdoor.data.transforms import ResizeCenterCrop
 
 # Decoding failures that mean "this row is bad"; anything else is a bug and must surface.
 DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
@@ -31,7 +32,7 @@ class PairDataset(Dataset):
     def __init__(
         self,
         rows: Any,
-        transform: Callable[[Image.Image], torch.Tensor],
+        transform: ResizeCenterCrop,
         tokenizer: Callable[[list[str]], torch.Tensor],
         view_maker: Any = None,
     ):
@@ -55,14 +56,14 @@ class PairDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | BadRow:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         try:
-            image = self.transform(self.rows.pil(index))
+            resized = self.transform.resize(self.rows.pil(index))
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
         caption = self.rows.caption(index)
-        item = {"image": image, "text": self._tokens(caption), "index": index}
+        item = {"image": self.transform.to_tensor(resized), "text": self._tokens(caption), "index": index}
         views = self.view_maker.views if self.view_maker is not None else ()
-        if "image_aug" in views:
-            item["image_aug"] = self.view_maker.image(image, epoch, index)
+        if "image_aug" in views:  # AutoAugment on the PIL image: ~25% cheaper than on a tensor at 32 px
+            item["image_aug"] = self.transform.to_tensor(self.view_maker.image(resized, epoch, index))
         if "text_aug" in views:
             item["text_aug"] = self._tokens(self.view_maker.text(caption, epoch, index))
         return item

@@ -27,6 +27,10 @@ class ResizeCenterCrop:
         self.size = size
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.to_tensor(self.resize(image))
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """The resized, centre-cropped RGB image (augmentations work on it before it becomes a tensor)."""
         if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")  # palette, CMYK, alpha, 16-bit: one canonical colour mode
         w, h = image.size
@@ -37,8 +41,10 @@ class ResizeCenterCrop:
         left, top = (w - self.size) // 2, (h - self.size) // 2
         if (w, h) != (self.size, self.size):
             image = image.crop((left, top, left + self.size, top + self.size))
-        if image.mode == "L":  # resizing one grey channel is cheaper than three equal ones
-            image = image.convert("RGB")
+        return image.convert("RGB") if image.mode == "L" else image  # grey is resized as one channel: cheaper
+
+    @staticmethod
+    def to_tensor(image: Image.Image) -> torch.Tensor:
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
