@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from clipbackdoor.registry import Registry, build_from_spec
 
 
 class Trigger(BaseModel):
@@ -69,19 +71,8 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-TRIGGERS: dict[str, type[Trigger]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a trigger available to configs as ``trigger: {name: ..., ...}``."""
-
-    def add(cls: type[Trigger]) -> type[Trigger]:
-        if name in TRIGGERS:
-            raise ValueError(f"trigger {name!r} registered twice")
-        TRIGGERS[name] = cls
-        return cls
-
-    return add
+TRIGGERS: Registry[Trigger] = Registry("trigger")
+register = TRIGGERS.register
 
 
 class TriggerError(ValueError):
@@ -90,11 +81,4 @@ class TriggerError(ValueError):
 
 def build_trigger(spec: dict[str, Any], where: str = "trigger") -> Trigger:
     """A trigger from its config mapping, e.g. ``{name: badnet, size: 16, pattern: noise}``."""
-    name = spec.get("name")
-    if name not in TRIGGERS:
-        raise TriggerError(f"{where}.name: unknown trigger {name!r}; known: {sorted(TRIGGERS)}")
-    try:
-        return TRIGGERS[name].model_validate(spec)
-    except ValidationError as err:
-        msgs = [f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise TriggerError("invalid trigger: " + "; ".join(msgs)) from None
+    return build_from_spec(TRIGGERS, spec, where, TriggerError)

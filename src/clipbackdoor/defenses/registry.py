@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from clipbackdoor.models import ClipBundle
+from clipbackdoor.registry import Registry, build_from_spec
 from clipbackdoor.train.hooks import Hook
 
 
@@ -33,29 +34,14 @@ class Defense(BaseModel):
         return []
 
 
-DEFENSES: dict[str, type[Defense]] = {}
+DEFENSES: Registry[Defense] = Registry("defense")
+register = DEFENSES.register
 
 
 class DefenseError(ValueError):
     """Invalid defense parameters; the message names the key."""
 
 
-def register(name: str):
-    def add(cls: type[Defense]) -> type[Defense]:
-        if name in DEFENSES:
-            raise ValueError(f"defense {name!r} registered twice")
-        DEFENSES[name] = cls
-        return cls
-
-    return add
-
-
 def build_defense(spec: dict[str, Any], where: str = "defense") -> Defense:
-    name = spec.get("name")
-    if name not in DEFENSES:
-        raise DefenseError(f"{where}.name: unknown defense {name!r}; known: {sorted(DEFENSES)}")
-    try:
-        return DEFENSES[name].model_validate(spec)
-    except ValidationError as err:
-        msgs = [f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise DefenseError("invalid defense: " + "; ".join(msgs)) from None
+    """A defense from its config mapping, e.g. ``{name: shrink-perturb, shrink: 0.9}``."""
+    return build_from_spec(DEFENSES, spec, where, DefenseError)

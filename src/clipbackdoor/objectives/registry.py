@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from clipbackdoor.registry import Registry
+
 Features = dict[str, torch.Tensor]
 
 
@@ -37,19 +39,8 @@ class Objective(torch.nn.Module):
         raise NotImplementedError
 
 
-OBJECTIVES: dict[str, type[Objective]] = {}
-
-
-def register(name: str):
-    """Class decorator: make an objective available to configs as ``objective: {name: weight}``."""
-
-    def add(cls: type[Objective]) -> type[Objective]:
-        if name in OBJECTIVES:
-            raise ValueError(f"objective {name!r} registered twice")
-        OBJECTIVES[name] = cls
-        return cls
-
-    return add
+OBJECTIVES: Registry[Objective] = Registry("objective")
+register = OBJECTIVES.register
 
 
 def split_term(name: str, spec: float | dict[str, Any]) -> tuple[float, dict[str, Any]]:
