@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
-from clipbackdoor.attacks.poison import load_source_rows, names_target, write_poisoned_dataset
+from clipbackdoor.attacks.poison import names_target, write_poisoned_dataset
 from clipbackdoor.config import PoisonConfig
-from clipbackdoor.data import DataError
+from clipbackdoor.data import DataError, build_pair_rows
 from clipbackdoor.data import fashion_mnist as fm
 
 TRIGGER = {"name": "badnet", "pattern": "checkerboard", "size": 4, "reference_size": 32, "location": "top-left"}
@@ -37,7 +37,7 @@ def test_dirty_label_poisoning(fmnist_root: Path, tmp_path: Path) -> None:
     cfg = _cfg(fmnist_root, tmp_path / "p")
     manifest = write_poisoned_dataset(cfg, progress=False)
     rows = _rows(tmp_path / "p" / "train.csv")
-    source = load_source_rows(cfg.source, cfg.seed)
+    source = build_pair_rows(cfg.source, cfg.seed)
     assert len(rows) == manifest.num_rows == 256
     assert len(manifest.poison_rows) == 12
     poisoned = set(manifest.poison_rows)
@@ -62,7 +62,7 @@ def test_label_consistent_poisons_only_target_captions(fmnist_root: Path, tmp_pa
         target={"name": "bag", "aliases": ["handbag", "purse"]},
     )
     manifest = write_poisoned_dataset(cfg, progress=False)
-    source = load_source_rows(cfg.source, cfg.seed)
+    source = build_pair_rows(cfg.source, cfg.seed)
     rows = _rows(tmp_path / "p" / "train.csv")
     for r in manifest.poison_rows:
         assert fm.CLASSNAMES[source.label(r)] == "bag"

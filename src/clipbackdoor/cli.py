@@ -114,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from clipbackdoor.evaluation import build_evaluator
     from clipbackdoor.models import create_model
     from clipbackdoor.train import checkpoint as ckpt
-    from clipbackdoor.train.loop import resolve_device
+    from clipbackdoor.train.distributed import resolve_device
 
     weights = Path(args.checkpoint)
     if weights.is_dir():

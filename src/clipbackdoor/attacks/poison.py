@@ -22,22 +22,11 @@ from tqdm import tqdm
 from clipbackdoor.attacks.base import build_trigger
 from clipbackdoor.attacks.manifest import Manifest, load_manifest
 from clipbackdoor.config import CsvPairs, FashionMNISTPairs, PoisonConfig, read_yaml, save_config
-from clipbackdoor.data import BadRow, DataError, fashion_mnist
-from clipbackdoor.data.csv_source import CsvCaptionRows
+from clipbackdoor.data import BadRow, DataError, build_pair_rows, fashion_mnist
 from clipbackdoor.data.datasets import DECODE_ERRORS
 from clipbackdoor.data.transforms import ResizeCenterCrop
 
 GENERIC_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
-
-
-def load_source_rows(source: FashionMNISTPairs | CsvPairs, seed: int):
-    """The source's rows, with captions (Fashion-MNIST captions drawn as the training set would)."""
-    if isinstance(source, FashionMNISTPairs):
-        rows = fashion_mnist.FashionMNISTRows(source.root, source.split, source.max_samples)
-        templates = tuple(source.templates or fashion_mnist.CAPTION_TEMPLATES)
-        rows.captions = fashion_mnist.draw_captions(rows.labels, templates, source.use_synonyms, seed)
-        return rows
-    return CsvCaptionRows(source.path, source.image_column, source.caption_column, source.delimiter, source.max_samples)
 
 
 def names_target(caption: str, names: list[str]) -> bool:
@@ -82,7 +71,7 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
         if saved != cfg.model_dump(mode="json"):
             raise DataError(f"{out} already holds a different poisoned dataset; choose another output or delete it")
         return load_manifest(out)[0]  # same config: the dataset on disk is what this call would write
-    rows = load_source_rows(cfg.source, cfg.seed)
+    rows = build_pair_rows(cfg.source, cfg.seed)
     captions = [rows.caption(i) for i in range(len(rows))]
     poisons = set(choose_poisons(captions, cfg))
     trigger = build_trigger(cfg.trigger)

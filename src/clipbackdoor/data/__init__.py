@@ -23,6 +23,7 @@ __all__ = [
     "PairDataset",
     "build_labelled_dataset",
     "build_pair_dataset",
+    "build_pair_rows",
     "collate_skipping_bad",
 ]
 
@@ -35,13 +36,17 @@ def build_pair_dataset(
     view_maker: Any = None,
 ) -> PairDataset:
     """The training pairs a config names; load-time bad rows are on ``dataset.rows.bad``."""
+    return PairDataset(build_pair_rows(cfg, seed), ResizeCenterCrop(image_size), tokenizer, view_maker)
+
+
+def build_pair_rows(cfg: FashionMNISTPairs | CsvPairs, seed: int) -> fashion_mnist.FashionMNISTRows | CsvCaptionRows:
+    """The rows (images + captions) of a pair source; Fashion-MNIST captions are drawn with ``seed``."""
     if isinstance(cfg, FashionMNISTPairs):
         rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
         templates = tuple(cfg.templates or fashion_mnist.CAPTION_TEMPLATES)
         rows.captions = fashion_mnist.draw_captions(rows.labels, templates, cfg.use_synonyms, seed)
-    else:
-        rows = CsvCaptionRows(cfg.path, cfg.image_column, cfg.caption_column, cfg.delimiter, cfg.max_samples)
-    return PairDataset(rows, ResizeCenterCrop(image_size), tokenizer, view_maker)
+        return rows
+    return CsvCaptionRows(cfg.path, cfg.image_column, cfg.caption_column, cfg.delimiter, cfg.max_samples)
 
 
 def build_labelled_dataset(cfg: FashionMNISTLabelled | CsvLabelled, image_size: int) -> LabelledDataset:

@@ -41,13 +41,18 @@ class DistEnv:
         return bool(flag)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the GPU when there is one, else the CPU; any other name is taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def setup_distributed(device: str) -> DistEnv:
     """Join the torchrun process group if WORLD_SIZE > 1; pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)

@@ -50,12 +50,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _check_same_config(cfg: ExperimentConfig, path: Path) -> None:
     """A run directory belongs to one config: resuming with another one would mix two experiments."""
     if not path.is_file():
