@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clipbackdoor.cli import main
 from clipbackdoor.config import ExperimentConfig, load_config
 
 
@@ -59,3 +60,26 @@ def tiny_overrides(root: Path, out: Path, **extra: object) -> list[str]:
 @pytest.fixture
 def tiny_cfg(fmnist_root: Path, tmp_path: Path) -> ExperimentConfig:
     return load_config("demo", tiny_overrides(fmnist_root, tmp_path / "runs"))
+
+
+YELLOW = "{name: badnet, pattern: solid, color: [1, 1, 0], size: 8, reference_size: 32, location: random}"
+
+
+def poisoned_run(root: Path, out: Path, **extra) -> Path:
+    """Poison the tiny data set (with a cleaning set) and pre-train on it; returns the run directory."""
+    data = out / "data"
+    overrides = [
+        *tiny_overrides(root, out / "runs", **{"name": "poisoned", **extra}),
+        f"poison.output={data}", f"poison.source={{source: fashion-mnist, root: {root}}}",
+        f"poison.trigger={YELLOW}", "poison.num_poisons=48", "poison.cleaning={size: 64}",
+        f"data.train={{source: csv, path: {data}/train.csv}}", f"eval.attack={data}/manifest.json",
+    ]  # fmt: skip
+    assert main(["poison", "demo", *overrides]) == 0
+    assert main(["pretrain", "demo", *overrides]) == 0
+    return out / "runs" / "poisoned"
+
+
+@pytest.fixture(scope="session")
+def poisoned(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny poisoned run (one epoch) with a 64-pair cleaning set, shared by the defense and sweep tests."""
+    return poisoned_run(fmnist_root, tmp_path_factory.mktemp("poisoned"), **{"train.epochs": 1})

@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, ModelConfig
 from clipbackdoor.defenses import DEFENSES, DefenseError, build_defense
 from clipbackdoor.defenses.cleaning import cleaning_config
@@ -13,31 +12,9 @@ from clipbackdoor.models import create_model
 from clipbackdoor.train import checkpoint as ckpt
 from clipbackdoor.train.loop import fit
 
-from .conftest import tiny_overrides
+from .conftest import poisoned_run
 
 RECIPES = ["cleanclip", "mmcl-only", "ssl-only", "heavy-wd", "shrink-perturb", "deep-clustering", "par"]
-YELLOW = "{name: badnet, pattern: solid, color: [1, 1, 0], size: 8, reference_size: 32, location: random}"
-
-
-def poisoned_run(root: Path, out: Path, **extra) -> Path:
-    """Poison the tiny data set (with a cleaning set) and pre-train on it; returns the run directory."""
-    data = out / "data"
-    overrides = [
-        *tiny_overrides(root, out / "runs", **{"name": "poisoned", **extra}),
-        f"poison.output={data}", f"poison.source={{source: fashion-mnist, root: {root}}}",
-        f"poison.trigger={YELLOW}", "poison.num_poisons=48", "poison.cleaning={size: 64}",
-        f"data.train={{source: csv, path: {data}/train.csv}}", f"eval.attack={data}/manifest.json",
-    ]  # fmt: skip
-    assert main(["poison", "demo", *overrides]) == 0
-    assert main(["pretrain", "demo", *overrides]) == 0
-    return out / "runs" / "poisoned"
-
-
-@pytest.fixture(scope="module")
-def poisoned(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return poisoned_run(fmnist_root, tmp_path_factory.mktemp("poisoned"), **{"train.epochs": 1})
-
-
 CLEAN_TINY = ["train.epochs=1", "train.batch_size=16", "train.warmup_steps=1", "train.lr=1e-4"]
 
 

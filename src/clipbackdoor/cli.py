@@ -53,48 +53,70 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo pre-trains one model per objective on the same poisoned data (the study's two pre-trainings),
-# then cleans each with CleanCLIP's recipe, shortened to fit a laptop-sized run.
-DEMO_OBJECTIVES = {"mmcl": "{mmcl: 1.0}", "mmcl-ssl": "{mmcl: 1.0, ssl: 1.0}"}
-DEMO_CLEANING = ["train.epochs=2", "train.lr=1e-3"]  # lr 1e-4 left ASR at 86 % (MMCL), 45 % (MMCL+SSL)
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed, for reports to say what made them."""
+    return " ".join(["clipbackdoor", *args.argv])
+
+
+def _print_best_table(report: Path) -> None:
+    """The best-cleaned table of a report, as the report shows it."""
+    text = report.read_text()
+    start = text.index("## Best cleaned")
+    print(text[start : text.index("\n## ", start + 1)].strip())
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from clipbackdoor.study import load_study_config, run_study
+
+    cfg = load_study_config(args.config, args.overrides)
+    report = run_study(cfg, command=_command_line(args))
+    _print_best_table(report)
+    print(f"report: {report} and {report.with_suffix('.html')}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from clipbackdoor.defenses.cleaning import cleaning_config
-    from clipbackdoor.report.plots import plot_epoch_curves
-    from clipbackdoor.train.loop import fit
+    """The reduced study (configs/study-demo.yaml): every stage, sized for a laptop CPU."""
+    args.config = "study-demo"
+    return cmd_study(args)
 
-    base = load_config("demo", args.overrides)
-    if base.poison is not None:
-        from clipbackdoor.attacks.poison import write_poisoned_dataset
 
-        write_poisoned_dataset(base.poison, progress=base.train.progress)
-    series, summary = [], []
-    for tag, objective in DEMO_OBJECTIVES.items():
-        cfg = load_config("demo", [*args.overrides, f"name={base.name}-{tag}", f"objective={objective}"])
-        print(f"== pre-training {cfg.name}: objective {objective}")
-        records = fit(cfg)
-        print(_records_table(records))
-        series += [(f"{tag}: clean accuracy", records, "eval/clean_top1"), (f"{tag}: ASR", records, "eval/asr_top1")]
-        if cfg.eval.attack is None:
-            continue
-        cleaning = cleaning_config(cfg.run_dir, "cleanclip", [*DEMO_CLEANING, f"train.progress={cfg.train.progress}"])
-        print(f"== cleaning {cfg.name} with CleanCLIP -> {cleaning.run_dir}")
-        cleaned = fit(cleaning)
-        print(_records_table(cleaned))
-        summary.append((tag, records[-1], cleaned[-1]))
-    figure = plot_epoch_curves(
-        series,
-        Path(base.output_dir) / f"{base.name}-report" / "pretraining.png",
-        f"{base.model.name} pre-trained on poisoned Fashion-MNIST",
-    )
-    print(f"\n{'pre-training':<14}{'poisoned CA %':>15}{'ASR %':>9}{'CleanCLIP CA %':>16}{'ASR %':>9}")
-    for tag, poisoned, cleaned in summary:
-        print(
-            f"{tag:<14}{poisoned['eval/clean_top1']:>15.2f}{poisoned['eval/asr_top1']:>9.2f}"
-            f"{cleaned['eval/clean_top1']:>16.2f}{cleaned['eval/asr_top1']:>9.2f}"
-        )
-    print(f"figure: {figure}")
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from clipbackdoor.sweep import best_under, load_sweep_config, pareto_front, run_sweep, sweep_points
+
+    cfg = load_sweep_config(args.config, args.overrides)
+    study = run_sweep(cfg, threads=args.workers, worker_index=args.worker_index)
+    points, poisoned = sweep_points(study)
+    if poisoned is not None:
+        print(f"poisoned model: CA {poisoned.ca:.2f} %, ASR {poisoned.asr:.2f} %")
+    best = best_under(points, cfg.asr_threshold)
+    print(f"{len(points)} cleaned (trial, epoch) points; best with ASR <= {cfg.asr_threshold:g} %: " + (
+        "none" if best is None else f"CA {best.ca:.2f} %, ASR {best.asr:.2f} % (trial {best.trial}, "
+        f"epoch {best.epoch}, {best.params})"
+    ))  # fmt: skip
+    for p in pareto_front(points):
+        print(f"  Pareto: CA {p.ca:6.2f}  ASR {p.asr:6.2f}  trial {p.trial} epoch {p.epoch}  {p.params}")
+    print(f"sweep directory: {cfg.sweep_dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from clipbackdoor.report.build import build_report
+
+    sweep_dirs, default_out = [], None
+    for given in map(Path, args.paths):
+        if (given / "study.yaml").is_file():
+            sweep_dirs += sorted(p.parent for p in (given / "sweeps").glob("*/sweep.yaml"))
+            default_out = default_out or given / "report"
+        elif (given / "sweep.yaml").is_file():
+            sweep_dirs.append(given)
+            default_out = default_out or given / "report"
+        else:
+            raise ConfigError(f"{given}: neither a study directory (study.yaml) nor a sweep directory (sweep.yaml)")
+    out = Path(args.out) if args.out else default_out
+    report = build_report(sweep_dirs, out, args.title, args.asr_threshold, args.format, _command_line(args))
+    _print_best_table(report)
+    print(f"report: {report} and {report.with_suffix('.html')}")
     return 0
 
 
@@ -176,7 +198,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the embedded default: poison Fashion-MNIST, pre-train a tiny CLIP, CA and ASR")
+    p = sub.add_parser("sweep", help="Optuna sweep of a defense's hyperparameters (resumes; several may join)")
+    p.add_argument("config", help="sweep YAML: run, defense, sampler, space, trials")
+    p.add_argument("--workers", type=int, default=1, help="trials run at once by this process")
+    p.add_argument("--worker-index", type=int, default=0, help="distinct per process joining one sweep (seeds)")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="tables, Pareto sets and figures (Markdown + HTML) from studies or sweeps")
+    p.add_argument("paths", nargs="+", help="study directories and/or sweep directories")
+    p.add_argument("--out", help="report folder (default: <study>/report or <sweep>/report)")
+    p.add_argument("--title", default="clipbackdoor report")
+    p.add_argument("--asr-threshold", type=float, default=5.0, help="selection rule: best CA with ASR <= this %%")
+    p.add_argument("--format", choices=["png", "svg"], default="png", help="figure format")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("study", help="poison -> pre-train -> sweep every defense -> report, resumably")
+    p.add_argument("config", help="study YAML (e.g. configs/study-fmnist.yaml) or a built-in name")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("demo", help="the embedded default: the reduced Fashion-MNIST study (about 15 minutes)")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -191,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"{args.command} takes no key=value overrides")
     if overrides:
         args.overrides = overrides
+    args.argv = argv
     from clipbackdoor.attacks.manifest import ManifestError
     from clipbackdoor.augment.wordnet import WordNetMissing
     from clipbackdoor.data import DataError

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -302,13 +304,28 @@ def merge_trees(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_tree(tree: dict[str, Any], overrides: list[str], origin: str) -> ExperimentConfig:
-    """Apply overrides to a raw config tree and validate it; errors name the key and where it came from."""
+def validate_as(model: type[M], tree: dict[str, Any], overrides: list[str], origin: str) -> M:
+    """Apply overrides to a raw config tree and validate it as ``model``; errors name the key and the file."""
     tree = apply_overrides(tree, list(overrides))
     try:
-        return ExperimentConfig.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, origin)) from None
+
+
+def validate_tree(tree: dict[str, Any], overrides: list[str], origin: str) -> ExperimentConfig:
+    return validate_as(ExperimentConfig, tree, overrides, origin)
+
+
+def resolve_yaml(source: str | Path) -> Path:
+    """A YAML path as given, or the built-in config of that name (``demo``, ``study-fmnist``)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    builtin = builtin_config_path(str(source))
+    if builtin is None:
+        raise ConfigError(f"config '{source}' is neither a file nor a built-in config")
+    return builtin
 
 
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -319,12 +336,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
     tree: dict[str, Any] = {}
     origin = "defaults"
     if source is not None:
-        path = Path(source)
-        if not path.is_file():
-            builtin = builtin_config_path(str(source))
-            if builtin is None:
-                raise ConfigError(f"config '{source}' is neither a file nor a built-in config")
-            path = builtin
+        path = resolve_yaml(source)
         tree = read_yaml(path)
         origin = str(path)
     return validate_tree(tree, list(overrides or []), origin)

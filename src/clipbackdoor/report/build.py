@@ -1,0 +1,209 @@
+"""The study report: the best-cleaned table in the paper's layout, Pareto sets, figures; Markdown + HTML.
+
+Inputs are sweep directories (each names its poisoned run, defense and Optuna storage in sweep.yaml);
+the pre-training objective of a sweep is read from its poisoned run's config, so sweeps group into the
+paper's rows (MMCL, MMCL+SSL, ...) and columns (defenses) without being told.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import optuna
+
+from clipbackdoor.config import ConfigError, read_yaml
+from clipbackdoor.report.plots import (
+    PlanePanel,
+    plot_ca_vs_asr,
+    plot_epoch_curves,
+    plot_pareto_fronts,
+    plot_trajectories,
+)
+from clipbackdoor.report.tables import Table
+from clipbackdoor.sweep.config import load_sweep_config
+from clipbackdoor.sweep.runner import open_storage
+from clipbackdoor.sweep.select import Point, best_under, hypervolume, pareto_front, sweep_points
+from clipbackdoor.train.metrics import read_records
+
+
+def objective_label(objective: dict) -> str:
+    """``{mmcl: 1, ssl: 1}`` -> ``MMCL+SSL``: the pre-training objective as the paper names it."""
+    weights = {k: (v["weight"] if isinstance(v, dict) else v) for k, v in objective.items()}
+    return "+".join(k.upper() for k, w in weights.items() if w) or "none"
+
+
+@dataclass
+class SweepResult:
+    name: str
+    pretrain: str
+    defense: str
+    poisoned_run: Path
+    points: list[Point]
+    poisoned: Point | None
+    complete: int
+    failed: int
+
+
+def load_sweep(sweep_dir: Path) -> SweepResult:
+    cfg = load_sweep_config(sweep_dir / "sweep.yaml")
+    try:
+        study = optuna.load_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
+    except KeyError:
+        raise ConfigError(f"{sweep_dir}: no sweep '{cfg.name}' in {cfg.storage_url}") from None
+    points, poisoned = sweep_points(study)
+    run_config = Path(cfg.run) / "config.yaml"
+    if not run_config.is_file():
+        raise ConfigError(f"{sweep_dir}/sweep.yaml: its poisoned run {cfg.run} has no config.yaml")
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return SweepResult(
+        name=cfg.name,
+        pretrain=objective_label(read_yaml(run_config).get("objective", {})),
+        defense=Path(cfg.defense).stem,
+        poisoned_run=Path(cfg.run),
+        points=points,
+        poisoned=poisoned,
+        complete=states.count(optuna.trial.TrialState.COMPLETE),
+        failed=states.count(optuna.trial.TrialState.FAIL),
+    )
+
+
+def _cell(p: Point | None) -> str:
+    return "none reached" if p is None else f"{p.ca:.2f} / {p.asr:.2f}"
+
+
+def _params(p: Point) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.params.items())
+
+
+def _panels(results: list[SweepResult], asr_threshold: float) -> list[PlanePanel]:
+    panels: dict[str, PlanePanel] = {}
+    for r in results:
+        panel = panels.setdefault(r.pretrain, PlanePanel(r.pretrain, r.poisoned))
+        panel.poisoned = panel.poisoned or r.poisoned
+        panel.points.setdefault(r.defense, []).extend(r.points)
+    for panel in panels.values():
+        for defense, points in panel.points.items():
+            panel.fronts[defense] = pareto_front(points)
+            panel.best[defense] = best_under(points, asr_threshold)
+    return list(panels.values())
+
+
+def _tables(results: list[SweepResult], panels: list[PlanePanel], asr_threshold: float) -> dict[str, Table]:
+    defenses = list(dict.fromkeys(r.defense for r in results))
+    best = Table(
+        ["pre-training", "poisoned model", *defenses],
+        [[p.title, _cell(p.poisoned), *(_cell(p.best[d]) if d in p.best else "-" for d in defenses)] for p in panels],
+    )
+    selected = Table(
+        ["pre-training", "defense", "CA %", "ASR %", "RA %", "trial", "epoch", "parameters"],
+        [
+            [p.title, d, f"{b.ca:.2f}", f"{b.asr:.2f}", "-" if b.ra is None else f"{b.ra:.2f}", str(b.trial),
+             str(b.epoch), _params(b)]
+            for p in panels for d, b in p.best.items() if b is not None
+        ],
+    )  # fmt: skip
+    fronts = Table(
+        ["pre-training", "defense", "Pareto set, CA / ASR (trial:epoch)"],
+        [
+            [p.title, d, "; ".join(f"{q.ca:.1f} / {q.asr:.1f} ({q.trial}:{q.epoch})" for q in front)]
+            for p in panels for d, front in p.fronts.items()
+        ],
+    )  # fmt: skip
+    sweeps = Table(
+        ["sweep", "pre-training", "defense", "trials complete", "failed", "points", "hypervolume"],
+        [
+            [r.name, r.pretrain, r.defense, str(r.complete), str(r.failed), str(len(r.points)),
+             f"{hypervolume(r.points):.3f}"]
+            for r in results
+        ],
+    )  # fmt: skip
+    return {
+        f"Best cleaned models: CA / ASR % of the highest-CA model with ASR ≤ {asr_threshold:g} %": best,
+        "Selected models": selected,
+        "Pareto sets": fronts,
+        "Sweeps": sweeps,
+    }
+
+
+def _write_points(results: list[SweepResult], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["pretrain", "defense", "sweep", "trial", "epoch", "ca", "asr", "ra", "params", "run_dir"])
+        for r in results:
+            for p in [*([r.poisoned] if r.poisoned else []), *r.points]:
+                out.writerow([r.pretrain, r.defense, r.name, p.trial, p.epoch, p.ca, p.asr, p.ra,
+                              json.dumps(p.params), p.run_dir])  # fmt: skip
+
+
+def _embed(path: Path) -> str:
+    if path.suffix == ".svg":
+        return path.read_text()
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def build_report(
+    sweep_dirs: list[Path],
+    out_dir: Path,
+    title: str = "clipbackdoor report",
+    asr_threshold: float = 5.0,
+    fmt: str = "png",
+    command: str | None = None,
+) -> Path:
+    """Write report.md, report.html (self-contained), figures/ and points.csv; returns report.md."""
+    if not sweep_dirs:
+        raise ConfigError("no sweeps to report on")
+    results = [load_sweep(Path(d)) for d in sweep_dirs]
+    panels = _panels(results, asr_threshold)
+    figures_dir = out_dir / "figures"
+    runs = list(dict.fromkeys((r.pretrain, r.poisoned_run) for r in results))
+    series = [
+        (f"{label}: {name}", read_records(run / "metrics.jsonl"), key)
+        for label, run in runs
+        for name, key in (("CA", "eval/clean_top1"), ("ASR", "eval/asr_top1"))
+    ]
+    figures = {
+        "CA vs ASR of every cleaned (trial, epoch); ★ poisoned model, ○ selected": plot_ca_vs_asr(
+            panels, figures_dir / f"ca_vs_asr.{fmt}", asr_threshold
+        ),
+        "Pareto fronts": plot_pareto_fronts(panels, figures_dir / f"pareto.{fmt}", asr_threshold),
+        "Epoch trajectories of every trial": plot_trajectories(
+            panels, figures_dir / f"trajectories.{fmt}", asr_threshold
+        ),
+        "Pre-training on poisoned data": plot_epoch_curves(
+            series, figures_dir / f"pretraining.{fmt}", "pre-training on poisoned data"
+        ),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_points(results, out_dir / "points.csv")
+    tables = _tables(results, panels, asr_threshold)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    made_by = f"Made by `{command}` on {stamp}." if command else f"Made on {stamp}."
+    md = [f"# {title}", "", made_by, ""]
+    for heading, table in tables.items():
+        md += [f"## {heading}", "", table.markdown(), ""]
+    md += ["## Figures", ""]
+    for caption, path in figures.items():
+        md += [f"**{caption}**", "", f"![{caption}]({path.relative_to(out_dir)})", ""]
+    md += ["All points: [points.csv](points.csv)."]
+    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(made_by)}</p>"]
+    body += [f"<h2>{html.escape(h)}</h2>{t.html()}" for h, t in tables.items()]
+    body += ["<h2>Figures</h2>"] + [f"<figure>{_embed(p)}<figcaption>{html.escape(c)}</figcaption></figure>"
+                                    for c, p in figures.items()]  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f3f3f3}img,svg{max-width:100%;height:auto}figure{margin:1.5em 0}"
+    )
+    (out_dir / "report.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+    return out_dir / "report.md"

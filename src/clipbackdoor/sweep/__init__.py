@@ -1,0 +1,18 @@
+"""Optuna sweeps over cleaning hyperparameters, and selection of the best cleaned models."""
+
+from clipbackdoor.sweep.config import SweepConfig, SweepSpec, load_sweep_config
+from clipbackdoor.sweep.runner import open_study, run_sweep
+from clipbackdoor.sweep.select import Point, best_under, hypervolume, pareto_front, sweep_points
+
+__all__ = [
+    "Point",
+    "SweepConfig",
+    "SweepSpec",
+    "best_under",
+    "hypervolume",
+    "load_sweep_config",
+    "open_study",
+    "pareto_front",
+    "run_sweep",
+    "sweep_points",
+]

@@ -1,0 +1,51 @@
+"""What a sweep is: a poisoned run, a defense, a search space, a sampler and a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from clipbackdoor.config import read_yaml, resolve_yaml, validate_as
+from clipbackdoor.sweep.space import ParamSpec
+
+
+class SweepSpec(BaseModel):
+    """The part of a sweep a study shares across its pre-trained models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sampler: Literal["grid", "tpe", "nsga2"] = "tpe"
+    trials: int | None = Field(None, ge=1, description="trials to complete; default: the grid's size (grid only)")
+    seed: int = 0
+    space: dict[str, ParamSpec] = Field(min_length=1, description="dotted config key -> range, choices, grid")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="fixed for every trial, e.g. train.epochs")
+    population: int = Field(8, ge=2, description="NSGA-II population size")
+    startup_trials: int = Field(5, ge=1, description="TPE: random trials before the model takes over")
+
+
+class SweepConfig(SweepSpec):
+    name: str
+    run: str = Field(description="the poisoned run directory every trial cleans")
+    defense: str = Field("cleanclip", description="built-in defense or a YAML recipe")
+    output_dir: str = "runs/sweeps"
+    storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the sweep dir")
+    launcher: list[str] = Field(
+        default_factory=list, description="command a trial runs under, e.g. [torchrun, --nproc_per_node, '2']"
+    )
+    heartbeat_s: float = Field(30.0, gt=0, description="a running trial's worker proves it is alive this often")
+    asr_threshold: float = Field(5.0, description="selection: highest CA among points with ASR <= this (%)")
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"journal:{self.sweep_dir / 'journal.log'}"
+
+
+def load_sweep_config(source: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    path = resolve_yaml(source)
+    return validate_as(SweepConfig, read_yaml(path), list(overrides or []), str(path))

@@ -1,0 +1,294 @@
+"""Run a sweep: Optuna asks for parameters, each trial cleans the poisoned run in a subprocess.
+
+A trial is a subprocess (``python -m clipbackdoor clean ...``, or under a launcher such as torchrun), so a
+crashing or diverging trial cannot take the worker down, and a trial can itself be a multi-GPU job.
+Workers share one Optuna storage: a journal file (the default, safe for several processes on one disk)
+or a PostgreSQL URL for many machines.
+
+Faults. A worker proves it is alive by a heartbeat (a trial user attribute) while its trial runs; a
+worker that starts later marks a trial whose heartbeat went stale as failed and queues a retry with the
+same parameters (Optuna's RetryHeartbeatStaleTrialCallback), which resumes the lost trial's run directory from its
+last checkpoint. Only the worker whose RUNNING -> FAIL transition succeeds queues the retry, and a run
+directory is held under an exclusive file lock while a trial runs in it, so no two workers ever run the
+same trial. An interrupted worker (Ctrl-C, SIGTERM) queues its own retries on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import functools
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from clipbackdoor.config import ConfigError, save_config
+from clipbackdoor.sweep.config import SweepConfig
+from clipbackdoor.sweep.space import as_overrides, grid_space
+from clipbackdoor.train.metrics import read_records
+
+DIRECTIONS = ["maximize", "minimize"]  # clean accuracy, attack success rate
+STALE_AFTER = 3  # heartbeats missed before a running trial counts as lost
+with warnings.catch_warnings():  # experimental since Optuna 2.8, the one retry mechanism Optuna keeps
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    RETRY = RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+
+class TrialFailed(RuntimeError):
+    """The trial's own run failed (non-zero exit): recorded as its failure, not retried."""
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """``journal:<path>`` (a local journal file) or any SQLAlchemy URL (``postgresql://...``)."""
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return RDBStorage(url)
+
+
+def make_sampler(cfg: SweepConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """Seeded per worker process, so that two processes do not draw the same first points."""
+    seed = cfg.seed + 1000 * worker_index
+    if cfg.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(cfg.space), seed=seed)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed)
+    return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, multivariate=True, seed=seed)
+
+
+def open_study(cfg: SweepConfig, worker_index: int = 0) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=cfg.name,
+        storage=open_storage(cfg.storage_url),
+        sampler=make_sampler(cfg, worker_index),
+        directions=DIRECTIONS,
+        load_if_exists=True,
+    )
+    for key, value in {"run": cfg.run, "defense": cfg.defense, "sampler": cfg.sampler}.items():
+        if study.user_attrs.get(key, value) != value:
+            raise ConfigError(f"sweep '{cfg.name}' in {cfg.storage_url} was made with {key}={study.user_attrs[key]!r}")
+        study.set_user_attr(key, value)
+    return study
+
+
+def budget(cfg: SweepConfig) -> int:
+    if cfg.trials is not None:
+        return cfg.trials
+    if cfg.sampler != "grid":
+        raise ConfigError(f"sweep '{cfg.name}': the {cfg.sampler} sampler needs a 'trials' budget")
+    sizes = [len(v) for v in grid_space(cfg.space).values()]
+    return math.prod(sizes)
+
+
+def _counts_toward_budget(t: FrozenTrial) -> bool:
+    """Finished or running trials, and trials that failed on their own; lost (retried) ones do not count."""
+    return t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
+        t.state == TrialState.FAIL and "failure" in t.user_attrs
+    )
+
+
+def sweep_done(study: optuna.Study, cfg: SweepConfig) -> bool:
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return False
+    if cfg.sampler == "grid" and study.sampler.is_exhausted(study):
+        return True
+    return sum(map(_counts_toward_budget, trials)) >= budget(cfg)
+
+
+def requeue_lost_trials(study: optuna.Study, heartbeat_s: float) -> list[int]:
+    """Fail running trials whose worker stopped beating and queue their retries; returns their numbers."""
+    now, lost = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        last = max(t.user_attrs.get("heartbeat", started), started)  # a retry inherits its original's heartbeat
+        if now - last > STALE_AFTER * heartbeat_s and _fail_and_retry(study, t):
+            lost.append(t.number)
+    return lost
+
+
+def _fail_and_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """RUNNING -> FAIL, then queue a retry; only the caller whose transition succeeds queues it."""
+    try:
+        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    RETRY(study, study._storage.get_trial(trial._trial_id))
+    return True
+
+
+def trial_points(run_dir: Path) -> list[dict[str, Any]]:
+    """Every evaluated epoch of a cleaning run (epoch 0 = the poisoned model) as CA/ASR/RA points."""
+    points = []
+    for r in read_records(run_dir / "metrics.jsonl"):
+        if r.get("kind") == "epoch" and "eval/clean_top1" in r:
+            points.append(
+                {
+                    "epoch": r["epoch"],
+                    "ca": r["eval/clean_top1"],
+                    "asr": r.get("eval/asr_top1"),
+                    "ra": r.get("eval/ra_top1"),
+                }
+            )
+    return points
+
+
+def _die_with_parent() -> None:
+    """In the trial's child: get SIGTERM when the worker dies, even by SIGKILL (Linux prctl)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrialFailed(f"{lock_path}: another worker is running this trial") from None
+        yield
+
+
+@contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial, every: float) -> Iterator[None]:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+
+    trial.set_user_attr("heartbeat", time.time())
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Worker:
+    """Runs trials of one sweep until its budget is met; ``threads`` trials at a time."""
+
+    def __init__(self, cfg: SweepConfig, threads: int = 1, worker_index: int = 0):
+        self.cfg, self.threads = cfg, threads
+        self.study = open_study(cfg, worker_index)
+        self.stopping = threading.Event()
+        self.children: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+
+    def run(self) -> optuna.Study:
+        self.cfg.sweep_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.cfg.sweep_dir / "sweep.yaml")
+        lost = requeue_lost_trials(self.study, self.cfg.heartbeat_s)
+        if lost:
+            print(f"[sweep {self.cfg.name}] trials {lost} lost their worker: retrying them", flush=True)
+        previous = signal.signal(signal.SIGTERM, self._terminate)
+        pool = ThreadPoolExecutor(self.threads)
+        try:
+            for future in [pool.submit(self._loop) for _ in range(self.threads)]:
+                future.result()
+        except KeyboardInterrupt:
+            self._terminate()
+            raise
+        finally:
+            pool.shutdown(wait=True)  # after an interrupt: once the trials have queued their retries
+            signal.signal(signal.SIGTERM, previous)
+        return self.study
+
+    def _terminate(self, *_: object) -> None:
+        self.stopping.set()
+        with self.lock:
+            for child in self.children:
+                child.terminate()
+        if _:  # called as the SIGTERM handler: leave like Ctrl-C, after the trials queued their retries
+            raise KeyboardInterrupt
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set() and not sweep_done(self.study, self.cfg):
+            requeue_lost_trials(self.study, self.cfg.heartbeat_s)
+            started: list[int] = []
+            try:  # optimize, not ask/tell: the grid sampler stops the study from inside its loop
+                objective = functools.partial(self._objective, started=started)
+                self.study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+            finally:
+                for trial_id in started:  # an interrupted trial is queued to resume next time
+                    trial = self.study._storage.get_trial(trial_id)
+                    if trial.state == TrialState.FAIL and "failure" not in trial.user_attrs:
+                        RETRY(self.study, trial)
+
+    def _objective(self, trial: optuna.Trial, started: list[int]) -> tuple[float, float]:
+        started.append(trial._trial_id)
+        params = {name: spec.suggest(trial, name) for name, spec in self.cfg.space.items()}
+        try:
+            points = self._run_trial(trial, params)
+        except TrialFailed as err:
+            if not self.stopping.is_set():  # the trial's own failure; an interrupted one is retried
+                trial.set_user_attr("failure", str(err))
+                print(f"[sweep {self.cfg.name}] trial {trial.number} failed: {err}", flush=True)
+            raise
+        last = points[-1]
+        asr = last["asr"] if last["asr"] is not None else 0.0
+        print(f"[sweep {self.cfg.name}] trial {trial.number} {params}: CA {last['ca']:.2f} ASR {asr:.2f}", flush=True)
+        return last["ca"], asr
+
+    def _run_trial(self, trial: optuna.Trial, params: dict[str, Any]) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        run_dir = Path(trial.user_attrs.get("run_dir") or cfg.sweep_dir / "trials" / f"trial-{trial.number:04d}")
+        trial.set_user_attr("run_dir", str(run_dir))
+        command = [
+            *(cfg.launcher or [sys.executable]), "-m", "clipbackdoor", "clean", cfg.run,
+            "--defense", cfg.defense, "--name", run_dir.name, f"output_dir={run_dir.parent}",
+            "train.progress=false", *as_overrides(cfg.overrides), *as_overrides(params),
+        ]  # fmt: skip
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.threads)))
+        log_path = run_dir.with_suffix(".log")
+        with (
+            _exclusive(run_dir.with_suffix(".lock")),
+            _heartbeat(self.study, trial, cfg.heartbeat_s),
+            log_path.open("a") as log,
+        ):
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            child = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
+            with self.lock:
+                self.children.add(child)
+            code = child.wait()
+            with self.lock:
+                self.children.discard(child)
+        if code != 0:
+            tail = log_path.read_text().strip().splitlines()[-1:] or [""]
+            raise TrialFailed(f"exit code {code}: {tail[0]} (log: {log_path})")
+        points = trial_points(run_dir)
+        if not points:
+            raise TrialFailed(f"{run_dir}/metrics.jsonl holds no evaluated epoch")
+        trial.set_user_attr("points", points)
+        return points
+
+
+def run_sweep(cfg: SweepConfig, threads: int = 1, worker_index: int = 0) -> optuna.Study:
+    """Run (or resume, or join) the sweep until its budget is met; returns the Optuna study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return Worker(cfg, threads, worker_index).run()

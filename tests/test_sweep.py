@@ -1,0 +1,164 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from clipbackdoor.cli import main
+from clipbackdoor.config import ConfigError
+from clipbackdoor.sweep import Point, best_under, hypervolume, load_sweep_config, open_study, pareto_front
+from clipbackdoor.sweep.runner import budget, requeue_lost_trials, sweep_done
+from clipbackdoor.sweep.space import ParamSpec, as_overrides, grid_space
+
+TINY_CLEANING = {"train.epochs": 1, "train.batch_size": 16, "train.warmup_steps": 1, "train.keep_last": 1}
+
+
+def write_sweep(path: Path, poisoned: Path, **fields) -> Path:
+    spec = {
+        "name": "tiny-sweep",
+        "run": str(poisoned),
+        "defense": "mmcl-only",
+        "output_dir": str(path.parent / "sweeps"),
+        "sampler": "grid",
+        "space": {"train.lr": {"low": 1e-6, "high": 1e-2, "log": True, "grid": [1e-4, 3e-3]}},
+        "overrides": TINY_CLEANING,
+        **fields,
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_param_spec_validation_and_overrides() -> None:
+    with pytest.raises(ValueError, match="either low and high, or choices"):
+        ParamSpec(low=1, high=2, choices=[1])
+    with pytest.raises(ValueError, match="outside"):
+        ParamSpec(low=1e-5, high=1e-3, grid=[1e-2])
+    with pytest.raises(ValueError, match="low > 0"):
+        ParamSpec(low=0, high=1, log=True)
+    with pytest.raises(ValueError, match="among the choices"):
+        ParamSpec(choices=[1, 2], grid=[3])
+    with pytest.raises(ConfigError, match="needs a 'grid' list for \\['train.lr'\\]"):
+        grid_space({"train.lr": ParamSpec(low=1e-5, high=1e-3)})
+    assert grid_space({"e": ParamSpec(choices=[1, 2])}) == {"e": [1, 2]}
+    assert as_overrides({"train.lr": 1e-4, "defense.name": "x"}) == ['train.lr=0.0001', 'defense.name="x"']
+
+
+def test_sweep_config_errors_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "run": "r", "space": {"train.lr": {"low": 1}}, "trials": 0}))
+    with pytest.raises(ConfigError) as err:
+        load_sweep_config(path)
+    assert "space.train.lr" in str(err.value) and "trials" in str(err.value) and str(path) in str(err.value)
+    ok = load_sweep_config(write_sweep(tmp_path / "ok.yaml", tmp_path), ["sampler=tpe"])
+    with pytest.raises(ConfigError, match="needs a 'trials' budget"):
+        budget(ok)
+    assert budget(ok.model_copy(update={"sampler": "grid"})) == 2
+
+
+def test_selection_rule_pareto_front_and_hypervolume() -> None:
+    pts = [Point(80, 50, 1, 0), Point(70, 4, 1, 1), Point(75, 5, 2, 1), Point(74, 5, 1, 2), Point(60, 1, 3, 2)]
+    assert best_under(pts) == Point(75, 5, 2, 1)  # highest CA with ASR <= 5 (inclusive)
+    assert best_under(pts, asr_threshold=4.5) == Point(70, 4, 1, 1)
+    assert best_under(pts, asr_threshold=0.5) is None
+    assert pareto_front(pts) == [Point(60, 1, 3, 2), Point(70, 4, 1, 1), Point(75, 5, 2, 1), Point(80, 50, 1, 0)]
+    # dominated area, by hand: ASR 1..4 at CA 60, 4..5 at 70, 5..50 at 75, 50..100 at 80; box 100 x 100
+    expected = (3 * 60 + 1 * 70 + 45 * 75 + 50 * 80) / 10_000
+    assert math.isclose(hypervolume(pts), expected)
+    assert hypervolume([]) == 0.0
+
+
+def test_grid_sweep_runs_every_point_resumes_and_reports(poisoned: Path, tmp_path: Path) -> None:
+    config = write_sweep(tmp_path / "sweep.yaml", poisoned)
+    assert main(["sweep", str(config)]) == 0
+    cfg = load_sweep_config(config)
+    study = open_study(cfg)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.params["train.lr"] for t in trials) == [1e-4, 3e-3]
+    for t in trials:
+        assert [p["epoch"] for p in t.user_attrs["points"]] == [0, 1]  # every evaluated (trial, epoch)
+        run_dir = Path(t.user_attrs["run_dir"])
+        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert run_cfg["train"]["lr"] == t.params["train.lr"] and run_cfg["objective"] == {"mmcl": 1.0}
+        assert t.values[0] == t.user_attrs["points"][-1]["ca"]
+    assert sweep_done(study, cfg)
+    assert main(["sweep", str(config)]) == 0  # a finished sweep runs nothing more
+    assert len(open_study(cfg).trials) == 2
+
+    out = tmp_path / "report"
+    assert main(["report", str(cfg.sweep_dir), "--out", str(out), "--title", "tiny"]) == 0
+    md = (out / "report.md").read_text()
+    assert "| MMCL | " in md and "mmcl-only" in md and "Made by `clipbackdoor report" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html  # self-contained
+    for name in ("ca_vs_asr", "pareto", "trajectories", "pretraining"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5000
+    rows = (out / "points.csv").read_text().splitlines()
+    assert len(rows) == 1 + 1 + 2  # header, the poisoned model, one cleaned epoch per trial
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError
+        time.sleep(0.2)
+
+
+def test_killed_worker_trial_is_failed_requeued_and_resumed(poisoned: Path, tmp_path: Path) -> None:
+    """SIGKILL a worker mid-trial: its child dies with it, and the next worker retries the trial once, in the
+    same run directory, after its heartbeat went stale."""
+    config = write_sweep(
+        tmp_path / "sweep.yaml", poisoned, heartbeat_s=0.5, overrides={**TINY_CLEANING, "train.epochs": 2},
+        space={"train.lr": {"choices": [1e-4]}},
+    )  # fmt: skip
+    cfg = load_sweep_config(config)
+    worker = subprocess.Popen([sys.executable, "-m", "clipbackdoor", "sweep", str(config)], start_new_session=True)
+    checkpoint = cfg.sweep_dir / "trials" / "trial-0000" / "checkpoints" / "latest.json"
+    try:
+        _wait_for(checkpoint.is_file)  # mid-trial: after epoch 1 of 2
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    study = open_study(cfg)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING]
+    log = cfg.sweep_dir / "trials" / "trial-0000.log"
+    size = log.stat().st_size
+    time.sleep(2.0)  # the orphaned trial process got SIGTERM with its parent: its log stops growing
+    assert log.stat().st_size == size
+    assert requeue_lost_trials(study, cfg.heartbeat_s) == [0]
+    assert requeue_lost_trials(study, cfg.heartbeat_s) == []  # queued once only
+    assert main(["sweep", str(config)]) == 0
+    trials = open_study(cfg).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["run_dir"] == trials[0].user_attrs["run_dir"]  # resumed, not restarted
+    records = [json.loads(line) for line in (Path(trials[1].user_attrs["run_dir"]) / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1, 2]
+
+
+def test_failing_trial_is_recorded_not_retried(poisoned: Path, tmp_path: Path) -> None:
+    config = write_sweep(tmp_path / "sweep.yaml", poisoned, space={"train.batch_size": {"choices": [4096]}})
+    assert main(["sweep", str(config)]) == 0
+    (trial,) = open_study(load_sweep_config(config)).trials
+    assert trial.state == TrialState.FAIL and "exit code 2" in trial.user_attrs["failure"]
+    assert "exceeds" in trial.user_attrs["failure"]  # the trial's own error, from its log
+
+
+def test_tpe_and_nsga2_samplers_draw_within_the_space(tmp_path: Path) -> None:
+    for sampler in ("tpe", "nsga2"):
+        cfg = load_sweep_config(write_sweep(tmp_path / "s.yaml", tmp_path), [f"sampler={sampler}", f"name={sampler}"])
+        study = open_study(cfg)
+        for _ in range(6):
+            trial = study.ask()
+            lr = cfg.space["train.lr"].suggest(trial, "train.lr")
+            assert 1e-6 <= lr <= 1e-2
+            study.tell(trial, [lr * 1e3, 1.0])
+        assert len({t.params["train.lr"] for t in study.trials}) == 6
+        assert isinstance(study.sampler, optuna.samplers.TPESampler | optuna.samplers.NSGAIISampler)
