@@ -49,17 +49,30 @@ def test_poison_then_pretrain_records_asr_every_epoch(fmnist_root: Path, tmp_pat
         assert 0 <= r["eval/asr_top1"] <= 100 and 0 <= r["eval/ra_top1"] <= 100
 
 
-def test_demo_runs_end_to_end_on_tiny_data(fmnist_root: Path, tmp_path: Path, capsys) -> None:
-    data = tmp_path / "poisoned"
-    overrides = [
-        *tiny_overrides(fmnist_root, tmp_path / "runs", **{"train.epochs": 1, "name": "d"}),
-        f"poison.output={data}", f"poison.source.root={fmnist_root}", "poison.num_poisons=8",
-        "poison.cleaning.size=128", f"data.train={{source: csv, path: {data}/train.csv}}",
-        f"eval.attack={data}/manifest.json",
-    ]  # fmt: skip
-    assert main(["demo", *overrides]) == 0
+def test_demo_study_runs_every_stage_on_tiny_data_and_resumes(fmnist_root: Path, tmp_path: Path, capsys) -> None:
+    base = dict(o.split("=", 1) for o in tiny_overrides(fmnist_root, tmp_path, **{"train.epochs": 1}))
+    for key in ("name", "output_dir", "data.train", "eval.attack"):  # the study sets these itself
+        del base[key]
+    base.update({"poison.source.root": str(fmnist_root), "poison.num_poisons": "48", "poison.cleaning": "{size: 64}"})
+    study = [
+        f"output_dir={tmp_path}",
+        "overrides={" + ", ".join(f"'{k}': {v}" for k, v in base.items()) + "}",
+        "defenses.cleanclip.space.train\\.lr.grid=[1.0e-4, 3.0e-3]",
+        "defenses.cleanclip.overrides={train.epochs: 1, train.batch_size: 16, train.warmup_steps: 1}",
+        "defenses.mmcl-only.overrides={train.epochs: 1, train.batch_size: 16, train.warmup_steps: 1}",
+        "defenses.mmcl-only.space.train\\.lr.grid=[1.0e-3]",
+    ]
+    assert main(["demo", *study]) == 0
     out = capsys.readouterr().out
-    assert "CleanCLIP CA %" in out and "mmcl-ssl" in out
-    for run in ("d-mmcl", "d-mmcl-ssl", "d-mmcl-cleanclip", "d-mmcl-ssl-cleanclip"):
-        assert (tmp_path / "runs" / run / "checkpoints" / "latest.json").is_file(), run
-    assert (tmp_path / "runs" / "d-report" / "pretraining.png").is_file()
+    assert "| MMCL | " in out and "| MMCL+SSL | " in out  # the best-cleaned table, one row per objective
+    root = tmp_path / "demo"
+    for run in ("mmcl", "mmcl-ssl"):
+        assert (root / "pretrain" / run / "checkpoints" / "latest.json").is_file(), run
+    sweeps = sorted(p.name for p in (root / "sweeps").iterdir())
+    assert sweeps == ["mmcl-cleanclip", "mmcl-mmcl-only", "mmcl-ssl-cleanclip", "mmcl-ssl-mmcl-only"]
+    trials = sorted((root / "sweeps").glob("*/trials/trial-*/metrics.jsonl"))
+    assert len(trials) == 2 * (2 + 1)
+    assert (root / "report" / "report.html").is_file() and (root / "report" / "figures" / "ca_vs_asr.png").is_file()
+    stamps = [t.stat().st_mtime for t in trials]
+    assert main(["demo", *study]) == 0  # resumed: every stage is found finished, no trial runs again
+    assert [t.stat().st_mtime for t in trials] == stamps

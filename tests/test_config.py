@@ -63,3 +63,8 @@ def test_missing_config_and_invalid_yaml(tmp_path: Path) -> None:
     broken.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
+
+
+def test_an_escaped_dot_is_part_of_the_key() -> None:
+    tree = apply_overrides({}, ["space.train\\.lr.grid=[1, 2]", "a.b=3"])
+    assert tree == {"space": {"train.lr": {"grid": [1, 2]}}, "a": {"b": 3}}

@@ -45,10 +45,10 @@ def test_param_spec_validation_and_overrides() -> None:
         ParamSpec(low=0, high=1, log=True)
     with pytest.raises(ValueError, match="among the choices"):
         ParamSpec(choices=[1, 2], grid=[3])
-    with pytest.raises(ConfigError, match="needs a 'grid' list for \\['train.lr'\\]"):
+    with pytest.raises(ConfigError, match=r"needs a 'grid' list for \['train.lr'\]"):
         grid_space({"train.lr": ParamSpec(low=1e-5, high=1e-3)})
     assert grid_space({"e": ParamSpec(choices=[1, 2])}) == {"e": [1, 2]}
-    assert as_overrides({"train.lr": 1e-4, "defense.name": "x"}) == ['train.lr=0.0001', 'defense.name="x"']
+    assert as_overrides({"train.lr": 1e-4, "defense.name": "x"}) == ["train.lr=0.0001", 'defense.name="x"']
 
 
 def test_sweep_config_errors_name_the_key(tmp_path: Path) -> None:

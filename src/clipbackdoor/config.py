@@ -6,6 +6,7 @@ load time with the key's full dotted path instead of being silently ignored hour
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -243,7 +244,8 @@ class ExperimentConfig(_Strict):
 
 # -------------------------------------------------------------------------------------------- loading
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
+    """``a.b.c`` sets tree[a][b][c]; ``\\.`` is a literal dot (``space.train\\.lr.grid``: a sweep parameter)."""
+    keys = [k.replace("\\.", ".") for k in re.split(r"(?<!\\)\.", dotted)]
     node = tree
     for i, key in enumerate(keys[:-1]):
         child = node.get(key)

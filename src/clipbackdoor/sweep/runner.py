@@ -22,6 +22,7 @@ import functools
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -60,14 +61,25 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    import sqlalchemy.exc
+
+    for attempt in range(4):  # workers started together race to create the schema: the losers retry
+        try:
+            return RDBStorage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.5 * (attempt + 1))
     return RDBStorage(url)
 
 
 def make_sampler(cfg: SweepConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """Seeded per worker process, so that two processes do not draw the same first points."""
-    seed = cfg.seed + 1000 * worker_index
+    """TPE and NSGA-II are seeded per worker process, so that two processes do not draw the same first points.
+
+    The grid sampler is not: its seed shuffles the grid, and grid ids must mean the same point in every
+    worker (the first pass hands out grid id = trial number, so workers never pick the same point).
+    """
     if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_space(cfg.space), seed=seed)
+        return optuna.samplers.GridSampler(grid_space(cfg.space), seed=cfg.seed)
+    seed = cfg.seed + 1000 * worker_index
     if cfg.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed)
     return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, multivariate=True, seed=seed)
@@ -255,6 +267,7 @@ class Worker:
         cfg = self.cfg
         run_dir = Path(trial.user_attrs.get("run_dir") or cfg.sweep_dir / "trials" / f"trial-{trial.number:04d}")
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         command = [
             *(cfg.launcher or [sys.executable]), "-m", "clipbackdoor", "clean", cfg.run,
             "--defense", cfg.defense, "--name", run_dir.name, f"output_dir={run_dir.parent}",
