@@ -69,7 +69,7 @@ def test_demo_study_runs_every_stage_on_tiny_data_and_resumes(fmnist_root: Path,
     for run in ("mmcl", "mmcl-ssl"):
         assert (root / "pretrain" / run / "checkpoints" / "latest.json").is_file(), run
     sweeps = sorted(p.name for p in (root / "sweeps").iterdir())
-    assert sweeps == ["mmcl-cleanclip", "mmcl-mmcl-only", "mmcl-ssl-cleanclip", "mmcl-ssl-mmcl-only"]
+    assert sweeps == ["mmcl--cleanclip", "mmcl--mmcl-only", "mmcl-ssl--cleanclip", "mmcl-ssl--mmcl-only"]
     trials = sorted((root / "sweeps").glob("*/trials/trial-*/metrics.jsonl"))
     assert len(trials) == 2 * (2 + 1)
     assert (root / "report" / "report.html").is_file() and (root / "report" / "figures" / "ca_vs_asr.png").is_file()

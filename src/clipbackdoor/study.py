@@ -60,7 +60,7 @@ def sweep_configs(cfg: StudyConfig) -> list[SweepConfig]:
     return [
         SweepConfig(
             **spec.model_dump(),
-            name=f"{tag}-{Path(defense).stem}",
+            name=f"{tag}--{Path(defense).stem}",  # "mmcl--ssl-only" reads apart from "mmcl-ssl--..."
             run=str(cfg.study_dir / "pretrain" / tag),
             defense=defense,
             output_dir=str(cfg.study_dir / "sweeps"),
