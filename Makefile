@@ -54,6 +54,8 @@ format: $(STAMP)
 bench: install
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py
+	[ -f runs/demo/pretrain/mmcl-ssl/checkpoints/latest.json ] || $(VENV)/bin/clipbackdoor demo
+	$(PY) benchmarks/bench_sweep.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -14,8 +14,16 @@ from optuna.trial import TrialState
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError
-from clipbackdoor.sweep import Point, best_under, hypervolume, load_sweep_config, open_study, pareto_front
-from clipbackdoor.sweep.runner import budget, requeue_lost_trials, sweep_done
+from clipbackdoor.sweep import (
+    Point,
+    best_under,
+    hypervolume,
+    load_sweep_config,
+    open_study,
+    pareto_front,
+    sweep_points,
+)
+from clipbackdoor.sweep.runner import REUSE_LIMIT, budget, requeue_lost_trials, sweep_done
 from clipbackdoor.sweep.space import ParamSpec, as_overrides, grid_space
 
 TINY_CLEANING = {"train.epochs": 1, "train.batch_size": 16, "train.warmup_steps": 1, "train.keep_last": 1}
@@ -141,6 +149,38 @@ def test_killed_worker_trial_is_failed_requeued_and_resumed(poisoned: Path, tmp_
     assert trials[1].user_attrs["run_dir"] == trials[0].user_attrs["run_dir"]  # resumed, not restarted
     records = [json.loads(line) for line in (Path(trials[1].user_attrs["run_dir"]) / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1, 2]
+
+
+def test_sigterm_queues_the_interrupted_trial_which_resumes_next_time(poisoned: Path, tmp_path: Path) -> None:
+    config = write_sweep(
+        tmp_path / "sweep.yaml", poisoned, overrides={**TINY_CLEANING, "train.epochs": 2},
+        space={"train.lr": {"choices": [1e-4]}},
+    )  # fmt: skip
+    cfg = load_sweep_config(config)
+    worker = subprocess.Popen([sys.executable, "-m", "clipbackdoor", "sweep", str(config)])
+    _wait_for((cfg.sweep_dir / "trials" / "trial-0000" / "checkpoints" / "latest.json").is_file)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) != 0
+    trials = open_study(cfg).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # failed as interrupted, queued
+    assert "failure" not in trials[0].user_attrs
+    assert main(["sweep", str(config)]) == 0
+    trials = open_study(cfg).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["run_dir"] == trials[0].user_attrs["run_dir"]
+
+
+def test_a_proposal_of_an_evaluated_point_reuses_it_without_a_run(poisoned: Path, tmp_path: Path) -> None:
+    config = write_sweep(
+        tmp_path / "sweep.yaml", poisoned, sampler="tpe", trials=2, space={"train.lr": {"choices": [1e-4]}}
+    )
+    assert main(["sweep", str(config)]) == 0
+    trials = open_study(load_sweep_config(config)).trials
+    assert len(trials) == REUSE_LIMIT * 2  # one point only: the sampler can never reach a second run
+    assert [t.user_attrs.get("reused_from") for t in trials] == [None] + [0] * (len(trials) - 1)
+    assert len(list((tmp_path / "sweeps" / "tiny-sweep" / "trials").glob("trial-*/"))) == 1
+    points, _ = sweep_points(open_study(load_sweep_config(config)))
+    assert len(points) == 1  # reused trials add no duplicate points
 
 
 def test_failing_trial_is_recorded_not_retried(poisoned: Path, tmp_path: Path) -> None:

@@ -105,8 +105,8 @@ def plot_pareto_fronts(panels: Sequence[PlanePanel], path: Path, asr_threshold: 
 
 
 def plot_trajectories(panels: Sequence[PlanePanel], path: Path, asr_threshold: float | None = 5.0) -> Path:
-    """Per-run epoch trajectories: each trial's path from the poisoned model (epoch 0) through its epochs;
-    rows are pre-training objectives, columns defenses."""
+    """Per-run epoch trajectories: each trial's path from the poisoned model (epoch 0) through its epochs to
+    its last (the larger dot); rows are pre-training objectives, columns defenses."""
     defenses = sorted({d for panel in panels for d in panel.points})
     fig, axes = plt.subplots(
         len(panels), len(defenses), figsize=(3.6 * len(defenses), 3.2 * len(panels)), dpi=150, squeeze=False
@@ -118,9 +118,14 @@ def plot_trajectories(panels: Sequence[PlanePanel], path: Path, asr_threshold: f
                 by_trial.setdefault(p.trial, []).append(p)
             for trial_points in by_trial.values():
                 path_points = sorted(trial_points, key=lambda p: p.epoch)
+                label = ", ".join(f"{k.split('.')[-1]} {v:.3g}" for k, v in path_points[0].params.items())
                 if panel.poisoned is not None:
                     path_points.insert(0, panel.poisoned)
-                ax.plot([p.asr for p in path_points], [p.ca for p in path_points], lw=0.8, alpha=0.7, marker=".")
+                xs, ys = [p.asr for p in path_points], [p.ca for p in path_points]
+                (line,) = ax.plot(xs, ys, lw=0.8, alpha=0.7, marker=".", label=label or None)
+                ax.scatter(xs[-1:], ys[-1:], s=25, color=line.get_color())  # where the run ended
+            if by_trial and len(by_trial) <= 16:
+                ax.legend(fontsize=5, loc="lower left")
             if asr_threshold is not None:
                 ax.axvline(asr_threshold, color="grey", lw=0.8, ls=":")
             ax.set_xlim(-2, 102)

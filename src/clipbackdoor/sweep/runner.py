@@ -46,6 +46,7 @@ from clipbackdoor.train.metrics import read_records
 
 DIRECTIONS = ["maximize", "minimize"]  # clean accuracy, attack success rate
 STALE_AFTER = 3  # heartbeats missed before a running trial counts as lost
+REUSE_LIMIT = 5  # trials per budgeted run, at most, when a sampler keeps proposing evaluated points
 with warnings.catch_warnings():  # experimental since Optuna 2.8, the one retry mechanism Optuna keeps
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     RETRY = RetryHeartbeatStaleTrialCallback(max_retry=3)
@@ -110,7 +111,10 @@ def budget(cfg: SweepConfig) -> int:
 
 
 def _counts_toward_budget(t: FrozenTrial) -> bool:
-    """Finished or running trials, and trials that failed on their own; lost (retried) ones do not count."""
+    """Cleaning runs: finished, running, or failed on their own. Lost (retried) trials and trials that reused
+    an identical earlier trial's results do not count."""
+    if "reused_from" in t.user_attrs:
+        return False
     return t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
         t.state == TrialState.FAIL and "failure" in t.user_attrs
     )
@@ -122,7 +126,17 @@ def sweep_done(study: optuna.Study, cfg: SweepConfig) -> bool:
         return False
     if cfg.sampler == "grid" and study.sampler.is_exhausted(study):
         return True
-    return sum(map(_counts_toward_budget, trials)) >= budget(cfg)
+    runs = sum(map(_counts_toward_budget, trials))
+    return runs >= budget(cfg) or len(trials) >= REUSE_LIMIT * budget(cfg)  # a sampler stuck on known points
+
+
+def completed_with(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | None:
+    """An earlier complete trial with exactly these parameters: cleaning is deterministic, so its points are
+    what this trial would measure."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.params == params and "points" in t.user_attrs and "reused_from" not in t.user_attrs:
+            return t
+    return None
 
 
 def requeue_lost_trials(study: optuna.Study, heartbeat_s: float) -> list[int]:
@@ -214,7 +228,7 @@ class Worker:
         lost = requeue_lost_trials(self.study, self.cfg.heartbeat_s)
         if lost:
             print(f"[sweep {self.cfg.name}] trials {lost} lost their worker: retrying them", flush=True)
-        previous = signal.signal(signal.SIGTERM, self._terminate)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         pool = ThreadPoolExecutor(self.threads)
         try:
             for future in [pool.submit(self._loop) for _ in range(self.threads)]:
@@ -227,13 +241,16 @@ class Worker:
             signal.signal(signal.SIGTERM, previous)
         return self.study
 
-    def _terminate(self, *_: object) -> None:
+    def _terminate(self) -> None:
         self.stopping.set()
         with self.lock:
             for child in self.children:
                 child.terminate()
-        if _:  # called as the SIGTERM handler: leave like Ctrl-C, after the trials queued their retries
-            raise KeyboardInterrupt
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        """Leave as after Ctrl-C: stop the trials, which then queue their retries."""
+        self._terminate()
+        raise KeyboardInterrupt
 
     def _loop(self) -> None:
         while not self.stopping.is_set() and not sweep_done(self.study, self.cfg):
@@ -251,6 +268,12 @@ class Worker:
     def _objective(self, trial: optuna.Trial, started: list[int]) -> tuple[float, float]:
         started.append(trial._trial_id)
         params = {name: spec.suggest(trial, name) for name, spec in self.cfg.space.items()}
+        earlier = completed_with(self.study, params)
+        if earlier is not None:  # a discrete space's sampler proposed a point already run: no second run
+            for key in ("run_dir", "points"):
+                trial.set_user_attr(key, earlier.user_attrs[key])
+            trial.set_user_attr("reused_from", earlier.number)
+            return tuple(earlier.values)
         try:
             points = self._run_trial(trial, params)
         except TrialFailed as err:

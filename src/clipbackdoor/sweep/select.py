@@ -32,6 +32,8 @@ def sweep_points(study: optuna.Study) -> tuple[list[Point], Point | None]:
     """The cleaned points (epochs >= 1) of every complete trial, and the poisoned model's point."""
     points, poisoned = [], None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "reused_from" in t.user_attrs:  # the same points as an earlier trial with these parameters
+            continue
         for p in t.user_attrs.get("points", []):
             if p["asr"] is None:
                 continue
