@@ -22,7 +22,6 @@ import itertools
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -38,8 +37,8 @@ SSL_WEIGHTS = [0.5, 1.0, 2.0, 4.0]
 TARGET = 0.95
 
 
-def grid_table(run: str, work: Path) -> dict[tuple[float, float], list[Point]]:
-    """Run (or resume) the full grid once; the points each grid cell produced."""
+def grid_table(run: str, work: Path) -> tuple[dict[tuple[float, float], list[Point]], float]:
+    """Run (or resume) the full grid once; the points each grid cell produced, and the trials' total seconds."""
     cfg = SweepConfig(
         name="bench-grid",
         run=run,
@@ -65,7 +64,8 @@ def grid_table(run: str, work: Path) -> dict[tuple[float, float], list[Point]]:
     missing = set(itertools.product(LRS, SSL_WEIGHTS)) - set(table)
     if missing:
         raise SystemExit(f"grid cells without results (failed trials?): {sorted(missing)}")
-    return table
+    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials if t.datetime_complete)
+    return table, seconds
 
 
 def replay(sampler: optuna.samplers.BaseSampler, table: dict, runs: int) -> list[float]:
@@ -104,9 +104,7 @@ def main() -> None:
 
     if not (Path(args.run) / "config.yaml").is_file():
         raise SystemExit(f"{args.run} is not a run directory: run `make demo` first (or give --run)")
-    started = time.perf_counter()
-    table = grid_table(args.run, Path(args.work))
-    grid_seconds = time.perf_counter() - started
+    table, grid_seconds = grid_table(args.run, Path(args.work))
     n = len(table)
     full = hypervolume([p for points in table.values() for p in points])
     samplers = {
