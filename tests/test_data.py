@@ -144,3 +144,71 @@ def test_long_captions_keep_their_end_of_text_token() -> None:
     tokens = tokenizer(["a photo of a very " + "very " * 40 + "long bag"])[0]
     assert len(tokens) == 20
     assert int(tokens[-1]) == int(tokens.max()) == 49407  # <end_of_text> is the last position and the argmax
+
+
+def _huge_png(path: Path, side: int = 100_000) -> None:
+    """A PNG whose header claims side×side pixels (a decompression bomb); the pixel data is never there."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_hostile_rows_and_files_are_skipped_and_counted_by_line(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    img = root / "images"
+    img.mkdir(parents=True)
+    _write_png(img / "ok.png", 10)
+    (img / "empty.png").write_bytes(b"")
+    (img / "text.png").write_text("not an image at all")
+    full = img / "full.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(full)
+    (img / "truncated.png").write_bytes(full.read_bytes()[:60])
+    _huge_png(img / "huge.png")
+    Image.new("L", (20, 20), 77).save(img / "grey.png")
+    Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(img / "cmyk.jpg")
+    rgba = Image.new("RGBA", (20, 20), (255, 0, 0, 0))  # fully transparent "red"
+    rgba.save(img / "alpha.png")
+    (tmp_path / "outside.png").write_bytes(full.read_bytes())
+    lines = [
+        b"image,caption",
+        b"images/ok.png,a photo of a cat",  # 2: good
+        b"images/empty.png,zero bytes",  # 3: unreadable
+        b"images/text.png,not an image",  # 4: unreadable
+        b"images/truncated.png,cut short",  # 5: unreadable
+        b"images/huge.png,a decompression bomb",  # 6: unreadable
+        b"images/grey.png,greyscale",  # 7: good
+        b"images/cmyk.jpg,cmyk",  # 8: good
+        b"images/alpha.png,transparent",  # 9: good, on white
+        b"images/ok.png,   \t ",  # 10: whitespace-only caption
+        b"images/ok.png,caf\xe9 latin-1",  # 11: not UTF-8
+        b"images/ok.png," + b"very " * 20_000 + b"long",  # 12: good, truncated by the tokenizer
+        b"../outside.png,escapes the root",  # 13
+        b"/etc/passwd,absolute path elsewhere",  # 14
+        b"images/ok.png,a photo of a cat",  # 15: duplicate of line 2
+        b"images/ok.png",  # 16: missing caption field
+    ]
+    csv = root / "pairs.csv"
+    csv.write_bytes(b"\n".join(lines) + b"\n")
+    ds = build_pair_dataset(CsvPairs(path=str(csv)), 32, seed=0, tokenizer=TOKENIZER)
+    load_time = {r.index: r.reason for r in ds.rows.bad}
+    assert set(load_time) == {10, 11, 13, 14, 15, 16}
+    assert "not valid UTF-8" in load_time[11] and "leaves the dataset root" in load_time[13]
+    assert "leaves the dataset root" in load_time[14] and load_time[15] == "duplicate of line 2"
+    items = {ds.rows.row_id(i): ds[i] for i in range(len(ds))}
+    unreadable = sorted(line for line, x in items.items() if isinstance(x, BadRow))
+    assert unreadable == [3, 4, 5, 6]
+    assert "decompression bomb" in str(items[6]).lower()
+    good = {line: x for line, x in items.items() if not isinstance(x, BadRow)}
+    assert sorted(good) == [2, 7, 8, 9, 12]
+    assert all(x["image"].shape == (3, 32, 32) for x in good.values())
+    assert good[7]["image"].unique().tolist() == [77]  # grey -> 3 equal channels
+    assert good[9]["image"].unique().tolist() == [255]  # transparent pixels shown on white
+    assert int(good[12]["text"][-1]) == 49407  # a 100 kB caption still ends in <end_of_text>
+    # with the parent folder as root, ../outside.png is inside again
+    wider = build_pair_dataset(CsvPairs(path=str(csv), root=str(tmp_path)), 32, seed=0, tokenizer=TOKENIZER)
+    assert 13 not in {r.index for r in wider.rows.bad}

@@ -8,7 +8,7 @@ from PIL import Image
 
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
 from clipbackdoor.attacks.poison import names_target, write_poisoned_dataset
-from clipbackdoor.config import PoisonConfig
+from clipbackdoor.config import CsvPairs, PoisonConfig
 from clipbackdoor.data import DataError, build_pair_rows
 from clipbackdoor.data import fashion_mnist as fm
 
@@ -127,3 +127,23 @@ def test_invalid_manifests_are_named(tmp_path: Path) -> None:
     path.write_text(json.dumps({"format": "clipbackdoor-manifest/1", "trigger": {}}))
     with pytest.raises(ManifestError, match=r"missing keys \['image_size'"):
         load_manifest(path)
+
+
+def test_poisoning_a_csv_source_links_the_clean_images_inside_the_new_root(tmp_path: Path) -> None:
+    src = tmp_path / "web"
+    (src / "img").mkdir(parents=True)
+    lines = ["image,caption"]
+    for i in range(10):
+        Image.new("RGB", (40, 36), (20 * i, 0, 0)).save(src / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png,a photo of item {i}")
+    (src / "pairs.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "poisoned"
+    cfg = _cfg(tmp_path, out, source={"source": "csv", "path": str(src / "pairs.csv")}, num_poisons=3)
+    manifest = write_poisoned_dataset(cfg, progress=False)
+    rows = _rows(out / "train.csv")
+    poisoned = set(manifest.poison_rows)
+    assert all(r["image"].startswith("images/" if i in poisoned else "source/img/") for i, r in enumerate(rows))
+    reread = build_pair_rows(CsvPairs(path=str(out / "train.csv")), 0)
+    assert reread.bad == [] and len(reread) == 10  # every path stays inside the poisoned set's root
+    clean = next(i for i in range(10) if i not in poisoned)
+    assert np.array_equal(np.asarray(reread.pil(clean)), np.asarray(Image.open(src / "img" / f"{clean}.png")))

@@ -55,6 +55,7 @@ class CsvPairs(_Strict):
     caption_column: str = "caption"
     delimiter: str = ","
     max_samples: int | None = Field(None, ge=1)
+    root: str | None = Field(None, description="image paths (relative to the CSV) stay inside it; default: its folder")
 
 
 class FashionMNISTLabelled(_Strict):
@@ -78,6 +79,7 @@ class CsvLabelled(_Strict):
     classnames: list[str]
     templates: list[Template] = Field(default_factory=lambda: ["a photo of a {}."])
     max_samples: int | None = Field(None, ge=1)
+    root: str | None = Field(None, description="image paths (relative to the CSV) stay inside it; default: its folder")
 
 
 PairSource = Annotated[FashionMNISTPairs | CsvPairs, Field(discriminator="source")]

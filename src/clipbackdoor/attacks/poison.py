@@ -81,6 +81,10 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
     csv_root = rows.root if isinstance(cfg.source, CsvPairs) else None
 
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if csv_root is not None:  # clean rows point into the source through one link, inside the dataset root
+        link = out / "source"
+        if not link.is_symlink():
+            link.symlink_to(Path(csv_root).resolve(), target_is_directory=True)
     records: list[tuple[str, str]] = []
     poison_rows: list[int] = []
     skipped: list[BadRow] = list(rows.bad)
@@ -98,7 +102,7 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
                 (out / relative).parent.mkdir(exist_ok=True)
                 image.save(out / relative)
             else:
-                relative = os.path.relpath(csv_root / rows.images[i], out)
+                relative = f"source/{rows.images[i]}"
         except DECODE_ERRORS as err:
             skipped.append(BadRow(rows.source, rows.row_id(i), f"unreadable image ({err})"))
             continue

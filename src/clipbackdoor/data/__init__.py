@@ -46,7 +46,7 @@ def build_pair_rows(cfg: FashionMNISTPairs | CsvPairs, seed: int) -> fashion_mni
         templates = tuple(cfg.templates or fashion_mnist.CAPTION_TEMPLATES)
         rows.captions = fashion_mnist.draw_captions(rows.labels, templates, cfg.use_synonyms, seed)
         return rows
-    return CsvCaptionRows(cfg.path, cfg.image_column, cfg.caption_column, cfg.delimiter, cfg.max_samples)
+    return CsvCaptionRows(cfg.path, cfg.image_column, cfg.caption_column, cfg.delimiter, cfg.max_samples, cfg.root)
 
 
 def build_labelled_dataset(cfg: FashionMNISTLabelled | CsvLabelled, image_size: int) -> LabelledDataset:
@@ -56,7 +56,7 @@ def build_labelled_dataset(cfg: FashionMNISTLabelled | CsvLabelled, image_size: 
         classnames, templates = fashion_mnist.CLASSNAMES, cfg.templates or fashion_mnist.PROMPT_TEMPLATES
     else:
         rows = CsvLabelRows(
-            cfg.path, len(cfg.classnames), cfg.image_column, cfg.label_column, cfg.delimiter, cfg.max_samples
+            cfg.path, len(cfg.classnames), cfg.image_column, cfg.label_column, cfg.delimiter, cfg.max_samples, cfg.root
         )
         classnames, templates = cfg.classnames, cfg.templates
     return LabelledDataset(rows, ResizeCenterCrop(image_size), classnames, templates)

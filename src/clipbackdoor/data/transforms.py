@@ -31,8 +31,11 @@ class ResizeCenterCrop:
 
     def resize(self, image: Image.Image) -> Image.Image:
         """The resized, centre-cropped RGB image (augmentations work on it before it becomes a tensor)."""
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            # transparent pixels carry arbitrary colours: show them on white, as a browser would
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
         if image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")  # palette, CMYK, alpha, 16-bit: one canonical colour mode
+            image = image.convert("RGB")  # palette, CMYK, 16-bit: one canonical colour mode
         w, h = image.size
         if min(w, h) != self.size:
             scale = self.size / min(w, h)
