@@ -68,3 +68,14 @@ def test_missing_config_and_invalid_yaml(tmp_path: Path) -> None:
 def test_an_escaped_dot_is_part_of_the_key() -> None:
     tree = apply_overrides({}, ["space.train\\.lr.grid=[1, 2]", "a.b=3"])
     assert tree == {"space": {"train.lr": {"grid": [1, 2]}}, "a": {"b": 3}}
+
+
+def test_configs_cannot_run_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config("demo", [f"name=!!python/object/apply:os.system ['touch {marker}']"])
+    assert not marker.exists()

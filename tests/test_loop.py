@@ -82,3 +82,23 @@ def test_non_finite_loss_stops_the_run(tiny_cfg, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(loop, "encode", poisoned_encode)
     with pytest.raises(TrainingError, match="non-finite loss by step 2; no checkpoint"):
         fit(tiny_cfg)
+
+
+def test_inf_loss_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_encode = loop.encode
+    calls = {"n": 0}
+    steps_per_epoch = 64 // 16
+
+    def blow_up_in_epoch_2(*args):
+        features = real_encode(*args)
+        calls["n"] += 1
+        if calls["n"] > steps_per_epoch:
+            features["logit_scale"] = features["logit_scale"] * float("inf")
+        return features
+
+    monkeypatch.setattr(loop, "encode", blow_up_in_epoch_2)
+    with pytest.raises(TrainingError, match=r"non-finite loss by step \d+; the last good checkpoint is .*latest.json"):
+        fit(tiny_cfg)
+    assert ckpt.latest_checkpoint(tiny_cfg.run_dir / "checkpoints")["epoch"] == 1
+    weights = ckpt.latest_checkpoint(tiny_cfg.run_dir / "checkpoints")["weights"]
+    assert all(torch.isfinite(t).all() for t in load_file(weights).values())

@@ -9,7 +9,7 @@ BadNet attack (on small data a per-image noise patch is barely learnable: DESIGN
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -17,6 +17,7 @@ from pydantic import Field
 from clipbackdoor.attacks.base import Trigger, register
 
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
+Unit = Annotated[float, Field(ge=0, le=1)]
 
 
 @register("badnet")
@@ -29,7 +30,7 @@ class BadNet(Trigger):
     )
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: float = Field(1.0, ge=0)
-    color: tuple[float, float, float] = Field((1.0, 1.0, 0.0), description="solid colour in [0, 1] (yellow)")
+    color: tuple[Unit, Unit, Unit] = Field((1.0, 1.0, 0.0), description="solid colour in [0, 1] (yellow)")
     fresh_noise: bool = False
 
     def _noise(self, side: int, *key: int) -> torch.Tensor:

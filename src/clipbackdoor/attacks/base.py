@@ -35,7 +35,8 @@ class Trigger(BaseModel):
     _cache: dict[str, torch.Tensor] = PrivateAttr(default_factory=dict)
 
     def scaled(self, pixels: int, image_size: int) -> int:
-        return max(1, round(pixels * image_size / self.reference_size))
+        """``pixels`` at ``reference_size`` on an ``image_size`` image: at least 1 px, at most the image."""
+        return min(image_size, max(1, round(pixels * image_size / self.reference_size)))
 
     def rng(self, *key: int) -> np.random.Generator:
         """A generator for one purpose: ``rng(image_size)`` for fixed artefacts, ``rng(size, index)`` per image."""

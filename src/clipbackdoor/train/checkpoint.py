@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,15 @@ FORMAT = "clipbackdoor/1"
 LATEST = "latest.json"
 
 
+# Fault injection for the crash tests: CLIPBACKDOOR_KILL_IN_WRITE=N kills the process (SIGKILL) in the
+# middle of its N-th atomic write, after the temporary file is on disk and before it replaces the old one.
+_KILL_IN_WRITE = int(os.environ.get("CLIPBACKDOOR_KILL_IN_WRITE", "0"))
+_writes = 0
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see the old or the new file."""
+    global _writes
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -32,6 +40,9 @@ def _atomic_write(path: Path, write: Any) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        _writes += 1
+        if _writes == _KILL_IN_WRITE:
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
