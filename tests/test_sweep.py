@@ -23,7 +23,7 @@ from clipbackdoor.sweep import (
     pareto_front,
     sweep_points,
 )
-from clipbackdoor.sweep.runner import REUSE_LIMIT, budget, requeue_lost_trials, sweep_done
+from clipbackdoor.sweep.runner import REUSE_LIMIT, TrialFailed, _exclusive, budget, requeue_lost_trials, sweep_done
 from clipbackdoor.sweep.space import ParamSpec, as_overrides, grid_space
 
 TINY_CLEANING = {"train.epochs": 1, "train.batch_size": 16, "train.warmup_steps": 1, "train.keep_last": 1}
@@ -202,3 +202,21 @@ def test_tpe_and_nsga2_samplers_draw_within_the_space(tmp_path: Path) -> None:
             study.tell(trial, [lr * 1e3, 1.0])
         assert len({t.params["train.lr"] for t in study.trials}) == 6
         assert isinstance(study.sampler, optuna.samplers.TPESampler | optuna.samplers.NSGAIISampler)
+
+
+def test_a_run_directory_is_held_by_one_worker_at_a_time(tmp_path: Path) -> None:
+    lock = tmp_path / "trial-0000.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl,time; f=open({str(lock)!r},'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrialFailed, match="another worker is running this trial"), _exclusive(lock):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with _exclusive(lock):  # released when its holder died
+        pass
