@@ -169,6 +169,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from clipbackdoor.interop import export_open_clip, read_state_dict
+    from clipbackdoor.train import checkpoint as ckpt
+
+    weights = Path(args.checkpoint)
+    if weights.is_dir():
+        weights = ckpt.latest_checkpoint(weights)["weights"]
+    meta = ckpt.checkpoint_metadata(weights)
+    name = args.model or meta.get("model_name")
+    if name is None:
+        raise ConfigError(f"{weights}: no model name recorded in it; give --model")
+    out = export_open_clip(read_state_dict(weights), Path(args.out), name, int(meta.get("epoch", 0)))
+    print(f"{out}: open_clip checkpoint of {name} (open_clip.create_model({name!r}) + open_clip.load_checkpoint)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipbackdoor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file to write (default: next to the checkpoint)")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a checkpoint in open_clip's format (.pt, or bare .safetensors)")
+    p.add_argument("checkpoint", help="a .safetensors file, a checkpoints/ folder or a run directory")
+    p.add_argument("out", help="output file: .pt (open_clip's {epoch, name, state_dict}) or .safetensors")
+    p.add_argument("--model", help="model name, if the checkpoint does not record it")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="Optuna sweep of a defense's hyperparameters (resumes; several may join)")
     p.add_argument("config", help="sweep YAML: run, defense, sampler, space, trials")
@@ -237,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     from clipbackdoor.attacks.manifest import ManifestError
     from clipbackdoor.augment.wordnet import WordNetMissing
     from clipbackdoor.data import DataError
+    from clipbackdoor.interop import CheckpointError
     from clipbackdoor.train.loop import TrainingError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ManifestError, TrainingError, WordNetMissing) as err:
+    except (CheckpointError, ConfigError, DataError, ManifestError, TrainingError, WordNetMissing) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 FORMAT = "clipbackdoor/1"
 LATEST = "latest.json"
@@ -55,13 +55,14 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load safetensors weights into ``model``; names missing or unexpected keys on mismatch."""
+    """Load weights into ``model``: ours, or another tool's (see :mod:`clipbackdoor.interop`); names missing
+    or unexpected keys on mismatch."""
+    from clipbackdoor.interop import read_state_dict
+
     path = Path(path)
     if path.is_dir():
         path = latest_checkpoint(path)["weights"]
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: expected a .safetensors checkpoint")
-    state = load_file(str(path))
+    state = read_state_dict(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
@@ -71,9 +72,12 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """What our safetensors checkpoints say about themselves (model name, epoch); empty for other formats."""
     path = Path(path)
     if path.is_dir():
         path = latest_checkpoint(path)["weights"]
+    if path.suffix != ".safetensors":
+        return {}
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 

@@ -1,0 +1,85 @@
+"""Checkpoints of other tools load with identical outputs; exports load in open_clip; pickled code is refused."""
+
+import json
+import os
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipbackdoor.cli import main
+from clipbackdoor.config import ModelConfig
+from clipbackdoor.interop import CheckpointError, read_state_dict
+from clipbackdoor.models import create_model
+from clipbackdoor.train import checkpoint as ckpt
+
+
+def _outputs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 32, 32, generator=gen)
+    text = open_clip.get_tokenizer("tiny-rn")(["a photo of a bag", "a shoe"])
+    with torch.no_grad():
+        return model.encode_image(images), model.encode_text(text)
+
+
+@pytest.fixture(scope="module")
+def source() -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(7)
+    model = create_model(ModelConfig(name="tiny-rn")).model
+    return model.state_dict(), _outputs(model)
+
+
+def test_foreign_formats_load_with_identical_outputs(source, tmp_path: Path) -> None:
+    state, expected = source
+    prefixed = {f"module.{k}": v for k, v in state.items()}
+    files = {
+        # CleanCLIP / CyCLIP: DataParallel prefixes, OpenAI CLIP key names, optimizer alongside
+        "cleanclip.pt": {"epoch": 3, "name": "cleanclip", "state_dict": prefixed, "optimizer": {"lr": 1e-5}},
+        # open_clip's training checkpoints
+        "open_clip.pt": {"epoch": 2, "name": "tiny-rn", "state_dict": prefixed},
+        "plain.bin": {**state, "context_length": 20, "vocab_size": 49408},  # OpenAI's extra integer entries
+    }
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    save_file({k: v.contiguous() for k, v in prefixed.items()}, str(tmp_path / "bare.safetensors"))
+    for name in [*files, "bare.safetensors"]:
+        bundle = create_model(ModelConfig(name="tiny-rn", checkpoint=str(tmp_path / name)))
+        got = _outputs(bundle.model)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), name
+
+
+def test_untrusted_and_malformed_files_are_refused(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        read_state_dict(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"state_dict": {"w": [1, 2]}}, tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="'w' is a list, not a tensor"):
+        read_state_dict(tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        read_state_dict(tmp_path / "missing.pt")
+
+
+def test_export_loads_in_open_clip_and_evaluates_the_same(poisoned: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exported.pt"
+    assert main(["export", str(poisoned), str(out)]) == 0
+    weights = ckpt.latest_checkpoint(poisoned)["weights"]
+    ours = create_model(ModelConfig(name="tiny-rn", checkpoint=str(weights))).model
+    theirs = open_clip.create_model("tiny-rn")
+    open_clip.load_checkpoint(theirs, str(out))
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(theirs), _outputs(ours), strict=True))
+
+    # the exported file, imported again, evaluates to the run's own last record
+    record = tmp_path / "eval.json"
+    config = str(poisoned / "config.yaml")
+    assert main(["evaluate", str(out), "--config", config, "--out", str(record), "model.name=tiny-rn"]) == 0
+    last = [json.loads(line) for line in (poisoned / "metrics.jsonl").open() if '"kind": "epoch"' in line][-1]
+    result = json.loads(record.read_text())
+    assert result["eval/clean_top1"] == last["eval/clean_top1"] and result["eval/asr_top1"] == last["eval/asr_top1"]
