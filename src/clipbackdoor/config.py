@@ -82,8 +82,33 @@ class CsvLabelled(_Strict):
     root: str | None = Field(None, description="image paths (relative to the CSV) stay inside it; default: its folder")
 
 
+class ImageNetLabelled(_Strict):
+    """ImageNet-1K val: a folder of images and a labels file, with open_clip's 1000 class names and the 80
+    OpenAI prompt templates. ``labels``: a text file of ``<image> <class index>`` lines, or CleanCLIP's
+    ``labels.csv`` (``image,label`` columns)."""
+
+    source: Literal["imagenet"] = "imagenet"
+    labels: str
+    folder: str | None = Field(None, description="where the image paths start; default: the labels file's folder")
+    max_samples: int | None = Field(None, ge=1)
+    templates: list[Template] | None = Field(None, description="default: open_clip's 80 OpenAI templates")
+
+
+class TorchvisionLabelled(_Strict):
+    """A torchvision dataset already on disk (CIFAR10, CIFAR100, MNIST, ...): nothing is downloaded."""
+
+    source: Literal["torchvision"] = "torchvision"
+    name: str = Field(description="torchvision.datasets class, e.g. CIFAR10")
+    root: str
+    split: Literal["train", "test"] = "test"
+    max_samples: int | None = Field(None, ge=1)
+    templates: list[Template] = Field(default_factory=lambda: ["a photo of a {}."])
+
+
 PairSource = Annotated[FashionMNISTPairs | CsvPairs, Field(discriminator="source")]
-LabelledSource = Annotated[FashionMNISTLabelled | CsvLabelled, Field(discriminator="source")]
+LabelledSource = Annotated[
+    FashionMNISTLabelled | CsvLabelled | ImageNetLabelled | TorchvisionLabelled, Field(discriminator="source")
+]
 
 
 class DataConfig(_Strict):
@@ -276,10 +301,13 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+SOURCE_TAGS = ("fashion-mnist", "csv", "imagenet", "torchvision")  # pydantic puts the union tag in error paths
+
+
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = [f"invalid config ({origin}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("fashion-mnist", "csv")))
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in SOURCE_TAGS))
         lines.append(f"  {loc or '<root>'}: {e['msg']}")
     return "\n".join(lines)
 

@@ -6,13 +6,24 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-from clipbackdoor.config import CsvLabelled, CsvPairs, FashionMNISTLabelled, FashionMNISTPairs
+from clipbackdoor.config import (
+    CsvLabelled,
+    CsvPairs,
+    FashionMNISTLabelled,
+    FashionMNISTPairs,
+    ImageNetLabelled,
+    TorchvisionLabelled,
+)
 from clipbackdoor.data import fashion_mnist
 from clipbackdoor.data.bad_rows import BadRow, BadRowLog, DataError
 from clipbackdoor.data.csv_source import CsvCaptionRows, CsvLabelRows
 from clipbackdoor.data.datasets import EpochTagged, LabelledDataset, PairDataset, collate_skipping_bad
+from clipbackdoor.data.labelled_sources import TorchvisionRows, imagenet_rows
 from clipbackdoor.data.transforms import ResizeCenterCrop
+
+LabelledSourceConfig = FashionMNISTLabelled | CsvLabelled | ImageNetLabelled | TorchvisionLabelled
 
 __all__ = [
     "BadRow",
@@ -49,11 +60,18 @@ def build_pair_rows(cfg: FashionMNISTPairs | CsvPairs, seed: int) -> fashion_mni
     return CsvCaptionRows(cfg.path, cfg.image_column, cfg.caption_column, cfg.delimiter, cfg.max_samples, cfg.root)
 
 
-def build_labelled_dataset(cfg: FashionMNISTLabelled | CsvLabelled, image_size: int) -> LabelledDataset:
+def build_labelled_dataset(cfg: LabelledSourceConfig, image_size: int) -> LabelledDataset:
     """The labelled evaluation set a config names, with its class names and prompt templates."""
     if isinstance(cfg, FashionMNISTLabelled):
         rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
         classnames, templates = fashion_mnist.CLASSNAMES, cfg.templates or fashion_mnist.PROMPT_TEMPLATES
+    elif isinstance(cfg, ImageNetLabelled):
+        classnames = list(IMAGENET_CLASSNAMES)
+        templates = cfg.templates or [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+        rows = imagenet_rows(cfg.labels, cfg.folder, len(classnames), cfg.max_samples)
+    elif isinstance(cfg, TorchvisionLabelled):
+        rows = TorchvisionRows(cfg.name, cfg.root, cfg.split, cfg.max_samples)
+        classnames, templates = rows.classes, cfg.templates
     else:
         rows = CsvLabelRows(
             cfg.path, len(cfg.classnames), cfg.image_column, cfg.label_column, cfg.delimiter, cfg.max_samples, cfg.root
