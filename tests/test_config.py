@@ -79,3 +79,20 @@ def test_configs_cannot_run_code(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config("demo", [f"name=!!python/object/apply:os.system ['touch {marker}']"])
     assert not marker.exists()
+
+
+def test_every_shipped_config_validates() -> None:
+    from clipbackdoor.config import builtin_config_path
+    from clipbackdoor.study import load_study_config, sweep_configs
+    from clipbackdoor.sweep.runner import budget
+
+    folder = builtin_config_path("demo").parent
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    assert {"demo", "cc3m", "cc6m", "study-demo", "study-fmnist", "study-cc3m", "study-cc6m"} <= set(names)
+    for name in names:
+        if name.startswith("study-"):
+            study = load_study_config(name)
+            assert all(budget(s) >= 1 for s in sweep_configs(study))
+            load_config(study.base)
+        else:
+            load_config(name)
