@@ -7,7 +7,12 @@
   and EDA in the loader) against MMCL at the same batch; 0.5 is the ideal, target ≥ 0.45.
 - ``matmul_peak_share``: each objective's model FLOP/s as a share of the measured fp32 matmul peak.
 
+- ``--scale``: RN50 at 224 px, MMCL and MMCL+SSL, on synthetic tensors on the device and on decoded JPEG
+  files through the loader; samples/s and the share of the device's matmul peak (bf16 on a GPU).
+
     python benchmarks/bench_train.py            # writes benchmarks/results/train.json
+    python benchmarks/bench_train.py --scale --batch 128 --steps 20   # GPU: train_scale.json
+    python benchmarks/bench_train.py --scale --batch 4 --steps 2      # the same at CPU size
 """
 
 from __future__ import annotations
@@ -94,13 +99,131 @@ def flops_per_sample(model_name: str, batch: int, objective: str) -> float:
     return count_flops(step) / batch
 
 
+def synthetic(model_name: str, batch: int, steps: int, objective: str, device: torch.device) -> float:
+    """Samples/s of our training step (encode + objective + AdamW) on random uint8 tensors already on the
+    device: the model's speed without the loader. bf16 and channels_last on a GPU, fp32 on CPU."""
+    torch.manual_seed(0)
+    bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    model = bundle.model.to(device, memory_format=fmt)
+    normalize = bundle.normalize.to(device)
+    loss_fn = WeightedObjective(load_config("demo", [f"objective={OBJECTIVES[objective]}"]).objective).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    size = bundle.image_size
+    texts = bundle.tokenizer(["a photo of a bag."] * batch).to(device)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    data = {"image": images, "image_aug": images.flip(-1), "text": texts, "text_aug": texts.clone()}
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = loss_fn(encode(model, normalize, data, device, loss_fn.views, fmt))[0]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: allocations, cuDNN autotuning
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def decoded_files(model_name: str, batch: int, steps: int, objective: str, workdir: Path, workers: int) -> float:
+    """Samples/s of the whole loop reading JPEG files (web-sized, 256 px) through the CSV loader."""
+    from PIL import Image
+
+    folder = workdir / "jpegs"
+    folder.mkdir(exist_ok=True)
+    rows = ["image,caption"]
+    for i in range(batch * steps):
+        pixels = torch.randint(0, 256, (256, 320, 3), dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+        rows.append(f"jpegs/{i}.jpg,a photo of item number {i % 50}")
+    (workdir / "pairs.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(
+        "demo",
+        [
+            f"objective={OBJECTIVES[objective]}",
+            f"name=files-{objective}",
+            f"output_dir={workdir}",
+            f"model.name={model_name}",
+            "train.epochs=1",
+            f"train.batch_size={batch}",
+            f"train.precision={'bf16' if torch.cuda.is_available() else 'fp32'}",
+            f"train.channels_last={torch.cuda.is_available()}",
+            f"data.train={{source: csv, path: {workdir / 'pairs.csv'}}}",
+            f"data.num_workers={workers}",
+            "data.eval.max_samples=100",
+            "eval.attack=null",
+            "eval.every_epoch=false",
+            "train.progress=false",
+            "train.warmup_steps=1",
+        ],
+    )
+    return fit(cfg)[-1]["time/samples_per_s"]
+
+
+def scale(args: argparse.Namespace) -> None:
+    """RN50 at 224 px, MMCL and MMCL+SSL: synthetic tensors and decoded files; share of the matmul peak."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak_flops(n=8192 if device.type == "cuda" else 2048, dtype=dtype, device=device.type)
+    flops = {k: flops_per_sample(args.model, 2, k) for k in OBJECTIVES}
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for objective in OBJECTIVES:
+            results[objective] = {
+                "synthetic_samples_per_s": synthetic(args.model, args.batch, args.steps, objective, device),
+                "files_samples_per_s": decoded_files(
+                    args.model, args.batch, args.steps, objective, Path(tmp), args.workers
+                ),
+            }
+    payload = {
+        "benchmark": "train_scale",
+        "machine": machine(),
+        "setup": {
+            "model": args.model,
+            "image_size": 224,
+            "batch": args.batch,
+            "steps": args.steps,
+            "device": device.type,
+            "precision": "bf16 autocast, channels_last" if device.type == "cuda" else "fp32",
+            "data": f"synthetic uint8 tensors on the device; 256x320 JPEG files via the CSV loader, "
+            f"{args.workers} workers",
+        },
+        "results": {"per_objective": results, "train_flops_per_sample": flops, "matmul_peak_flops": peak},
+        "summary": {
+            "device": device.type,
+            **{f"matmul_peak_share_{k}": results[k]["synthetic_samples_per_s"] * flops[k] / peak for k in OBJECTIVES},
+            **{
+                f"files_vs_synthetic_{k}": results[k]["files_samples_per_s"] / results[k]["synthetic_samples_per_s"]
+                for k in OBJECTIVES
+            },
+        },
+    }
+    path = write_result("train_scale", payload)
+    print(f"{path}: {payload['summary']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-rn")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each loop; medians reported")
+    parser.add_argument("--scale", action="store_true", help="RN50 at 224 px instead (writes train_scale.json)")
+    parser.add_argument("--workers", type=int, default=2, help="--scale: DataLoader workers for the file run")
     args = parser.parse_args()
+    if args.scale:
+        if args.model == "tiny-rn":
+            args.model = "RN50"
+        scale(args)
+        return
 
     peak = matmul_peak_flops()
     runs: dict[str, list[float]] = {"mmcl": [], "mmcl+ssl": [], "open_clip": []}

@@ -102,3 +102,14 @@ def test_inf_loss_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_cfg, monk
     assert ckpt.latest_checkpoint(tiny_cfg.run_dir / "checkpoints")["epoch"] == 1
     weights = ckpt.latest_checkpoint(tiny_cfg.run_dir / "checkpoints")["weights"]
     assert all(torch.isfinite(t).all() for t in load_file(weights).values())
+
+
+def test_channels_last_and_grad_checkpointing_train_the_same_model(fmnist_root: Path, tmp_path: Path) -> None:
+    """Memory-layout and recomputation options change speed and memory, not the numbers (CPU, fp32)."""
+    runs = {}
+    for name, extra in (("plain", {}), ("tuned", {"train.channels_last": True, "train.grad_checkpointing": True})):
+        cfg = load_config("demo", tiny_overrides(fmnist_root, tmp_path, **{"name": name, "train.epochs": 1, **extra}))
+        runs[name] = fit(cfg)[-1]
+    plain, tuned = runs["plain"], runs["tuned"]
+    assert tuned["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-4)
+    assert tuned["eval/clean_top1"] == plain["eval/clean_top1"]

@@ -115,6 +115,7 @@ class DataConfig(_Strict):
     train: PairSource = Field(default_factory=FashionMNISTPairs)
     eval: LabelledSource = Field(default_factory=FashionMNISTLabelled)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main one)")
+    prefetch_factor: int | None = Field(None, ge=1, description="batches each worker loads ahead (default 2)")
     max_bad_rows: int = Field(
         100, ge=0, description="corrupt images / empty captions skipped before the run stops with an error"
     )
@@ -146,6 +147,9 @@ class TrainConfig(_Strict):
     progress: bool = True
     max_grad_norm: float | None = Field(None, gt=0)
     keep_last: int | None = Field(None, ge=1, description="keep only the newest N epoch checkpoints")
+    channels_last: bool = Field(False, description="NHWC memory layout for the image tower (faster convs on GPU)")
+    compile: bool = Field(False, description="torch.compile the model for training")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, more time")
 
     @field_validator("betas")
     @classmethod

@@ -71,7 +71,12 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def encode(
-    net: torch.nn.Module, normalize: Normalize, batch: dict[str, Any], device: torch.device, views: frozenset[str]
+    net: torch.nn.Module,
+    normalize: Normalize,
+    batch: dict[str, Any],
+    device: torch.device,
+    views: frozenset[str],
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, torch.Tensor]:
     """Features of a batch and of its augmented views, in one forward pass of ``net``.
 
@@ -82,7 +87,8 @@ def encode(
     n = len(batch["image"])
     images = torch.cat([batch["image"], batch["image_aug"]]) if "image_aug" in views else batch["image"]
     texts = torch.cat([batch["text"], batch["text_aug"]]) if "text_aug" in views else batch["text"]
-    out = net(normalize(images.to(device, non_blocking=True)), texts.to(device, non_blocking=True))
+    pixels = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+    out = net(pixels, texts.to(device, non_blocking=True))
     features = {"image": out[0][:n], "text": out[1][:n], "logit_scale": out[2]}
     if "image_aug" in views:
         features["image_aug"] = out[0][n:]
@@ -115,9 +121,16 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
     extras = torch.nn.ModuleDict({k: m for h in hooks for k, m in h.modules().items()}).to(env.device)
     if env.world_size > 1 and len(extras):
         raise ConfigError(f"defense {cfg.defense['name']} trains extra modules, not yet supported under torchrun")
+    memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    if tcfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     net: torch.nn.Module = model
     if env.world_size > 1:
         net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    ddp = net  # no_sync lives on the DDP wrapper, under torch.compile's
+    if tcfg.compile:
+        net = torch.compile(net)
 
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     view_maker = ViewMaker(views, cfg.seed, cfg.augment) if views else None
@@ -137,6 +150,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         num_workers=cfg.data.num_workers,
         collate_fn=collate_skipping_bad,
         persistent_workers=cfg.data.num_workers > 0,
+        prefetch_factor=cfg.data.prefetch_factor if cfg.data.num_workers > 0 else None,
         pin_memory=env.device.type == "cuda",
     )
     steps_per_epoch = len(loader) // tcfg.accum_steps
@@ -195,9 +209,9 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             if "image" not in batch:
                 continue
             last_micro = (micro + 1) % tcfg.accum_steps == 0
-            sync = nullcontext() if last_micro or net is model else net.no_sync()
+            sync = nullcontext() if last_micro or env.world_size == 1 else ddp.no_sync()
             with sync, torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
-                features = encode(net, normalize, batch, env.device, views)
+                features = encode(net, normalize, batch, env.device, views, memory_format)
                 loss, parts = objective(features)
                 for hook in hooks:
                     extra = hook.loss(features, batch)
