@@ -58,6 +58,22 @@ class CsvPairs(_Strict):
     root: str | None = Field(None, description="image paths (relative to the CSV) stay inside it; default: its folder")
 
 
+class WebDatasetPairs(_Strict):
+    """WebDataset shards in img2dataset's layout (``<key>.jpg`` + ``<key>.txt`` per sample), streamed.
+
+    Each rank reads ``epoch_samples / world size`` pairs per epoch through a seeded shuffle buffer:
+    ``resampled`` draws shards with replacement (any number of shards, any number of ranks and workers);
+    otherwise every rank and worker cycles through its own share of the shards."""
+
+    source: Literal["webdataset"] = "webdataset"
+    urls: str | list[str] = Field(description="shard paths; brace patterns expand: data/{00000..00099}.tar")
+    epoch_samples: int = Field(ge=1, description="pairs per epoch over all ranks (the dataset size, usually)")
+    image_keys: list[str] = Field(default_factory=lambda: ["jpg", "png", "jpeg", "webp"])
+    caption_key: str = "txt"
+    shuffle_buffer: int = Field(1000, ge=1)
+    resampled: bool = True
+
+
 class FashionMNISTLabelled(_Strict):
     """Labelled Fashion-MNIST for zero-shot evaluation (the test split by default)."""
 
@@ -105,7 +121,7 @@ class TorchvisionLabelled(_Strict):
     templates: list[Template] = Field(default_factory=lambda: ["a photo of a {}."])
 
 
-PairSource = Annotated[FashionMNISTPairs | CsvPairs, Field(discriminator="source")]
+PairSource = Annotated[FashionMNISTPairs | CsvPairs | WebDatasetPairs, Field(discriminator="source")]
 LabelledSource = Annotated[
     FashionMNISTLabelled | CsvLabelled | ImageNetLabelled | TorchvisionLabelled, Field(discriminator="source")
 ]
@@ -208,6 +224,9 @@ class PoisonConfig(_Strict):
     image_size: int = Field(224, ge=8, description="poisoned images are resized + cropped to this, then triggered")
     seed: int = 0
     cleaning: CleaningSetConfig | None = None
+    shard_size: int | None = Field(
+        None, ge=1, description="also write the poisoned pairs as WebDataset shards of this many samples"
+    )
 
     @field_validator("trigger")
     @classmethod
@@ -305,7 +324,13 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
-SOURCE_TAGS = ("fashion-mnist", "csv", "imagenet", "torchvision")  # pydantic puts the union tag in error paths
+SOURCE_TAGS = (
+    "fashion-mnist",
+    "csv",
+    "imagenet",
+    "torchvision",
+    "webdataset",
+)  # pydantic puts the union tag in error paths
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

@@ -9,12 +9,14 @@ import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
 from clipbackdoor.config import (
+    ConfigError,
     CsvLabelled,
     CsvPairs,
     FashionMNISTLabelled,
     FashionMNISTPairs,
     ImageNetLabelled,
     TorchvisionLabelled,
+    WebDatasetPairs,
 )
 from clipbackdoor.data import fashion_mnist
 from clipbackdoor.data.bad_rows import BadRow, BadRowLog, DataError
@@ -22,8 +24,10 @@ from clipbackdoor.data.csv_source import CsvCaptionRows, CsvLabelRows
 from clipbackdoor.data.datasets import EpochTagged, LabelledDataset, PairDataset, collate_skipping_bad
 from clipbackdoor.data.labelled_sources import TorchvisionRows, imagenet_rows
 from clipbackdoor.data.transforms import ResizeCenterCrop
+from clipbackdoor.data.webdataset_source import ShardPairs
 
 LabelledSourceConfig = FashionMNISTLabelled | CsvLabelled | ImageNetLabelled | TorchvisionLabelled
+PairSourceConfig = FashionMNISTPairs | CsvPairs | WebDatasetPairs
 
 __all__ = [
     "BadRow",
@@ -40,18 +44,29 @@ __all__ = [
 
 
 def build_pair_dataset(
-    cfg: FashionMNISTPairs | CsvPairs,
+    cfg: PairSourceConfig,
     image_size: int,
     seed: int,
     tokenizer: Callable[[list[str]], torch.Tensor],
     view_maker: Any = None,
-) -> PairDataset:
-    """The training pairs a config names; load-time bad rows are on ``dataset.rows.bad``."""
-    return PairDataset(build_pair_rows(cfg, seed), ResizeCenterCrop(image_size), tokenizer, view_maker)
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    micro_batch: int = 1,
+    num_workers: int = 0,
+) -> PairDataset | ShardPairs:
+    """The training pairs a config names (load-time bad rows on ``dataset.bad``). Shards stream as an
+    iterable dataset that splits itself over ``world_size`` ranks and ``num_workers`` loader workers."""
+    transform = ResizeCenterCrop(image_size)
+    if isinstance(cfg, WebDatasetPairs):
+        return ShardPairs(cfg, transform, tokenizer, view_maker, seed, rank, world_size, micro_batch, num_workers)
+    return PairDataset(build_pair_rows(cfg, seed), transform, tokenizer, view_maker)
 
 
-def build_pair_rows(cfg: FashionMNISTPairs | CsvPairs, seed: int) -> fashion_mnist.FashionMNISTRows | CsvCaptionRows:
+def build_pair_rows(cfg: PairSourceConfig, seed: int) -> fashion_mnist.FashionMNISTRows | CsvCaptionRows:
     """The rows (images + captions) of a pair source; Fashion-MNIST captions are drawn with ``seed``."""
+    if isinstance(cfg, WebDatasetPairs):
+        raise ConfigError("this step reads sources row by row: a CSV or Fashion-MNIST, not WebDataset shards")
     if isinstance(cfg, FashionMNISTPairs):
         rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
         templates = tuple(cfg.templates or fashion_mnist.CAPTION_TEMPLATES)

@@ -46,6 +46,11 @@ class PairDataset(Dataset):
     def _tokenize(self, caption: str) -> torch.Tensor:
         return self.tokenizer([caption])[0]
 
+    @property
+    def bad(self) -> list[BadRow]:
+        """Rows its source dropped at load time (empty captions, bad paths, duplicates)."""
+        return self.rows.bad
+
     def without_views(self) -> PairDataset:
         """The same pairs without augmented views (for passes that only need the originals)."""
         return PairDataset(self.rows, self.transform, self.tokenizer)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm import tqdm
 
 from clipbackdoor.augment import ViewMaker
@@ -134,14 +134,20 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
 
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     view_maker = ViewMaker(views, cfg.seed, cfg.augment) if views else None
-    train_set = build_pair_dataset(cfg.data.train, bundle.image_size, cfg.seed, bundle.tokenizer, view_maker)
-    bad_rows.add(train_set.rows.bad)
+    micro_batch = tcfg.batch_size // tcfg.accum_steps
+    train_set = build_pair_dataset(
+        cfg.data.train, bundle.image_size, cfg.seed, bundle.tokenizer, view_maker,
+        rank=env.rank, world_size=env.world_size, micro_batch=micro_batch, num_workers=cfg.data.num_workers,
+    )  # fmt: skip
+    bad_rows.add(train_set.bad)
     evaluator = build_evaluator(cfg, bundle.image_size, bad_rows) if env.is_main else None
 
-    micro_batch = tcfg.batch_size // tcfg.accum_steps
-    sampler = EpochTagged(
-        DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    )
+    streaming = isinstance(train_set, IterableDataset)  # shards split themselves over ranks and workers
+    sampler = None
+    if not streaming:
+        sampler = EpochTagged(
+            DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        )
     loader = DataLoader(
         train_set,
         batch_size=micro_batch,
@@ -149,7 +155,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         drop_last=True,
         num_workers=cfg.data.num_workers,
         collate_fn=collate_skipping_bad,
-        persistent_workers=cfg.data.num_workers > 0,
+        persistent_workers=cfg.data.num_workers > 0 and not streaming,  # a stream's workers must see set_epoch
         prefetch_factor=cfg.data.prefetch_factor if cfg.data.num_workers > 0 else None,
         pin_memory=env.device.type == "cuda",
     )
@@ -189,7 +195,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
 
     bf16 = tcfg.precision == "bf16"
     for epoch in range(start_epoch + 1, tcfg.epochs + 1):
-        sampler.set_epoch(epoch)
+        (sampler or train_set).set_epoch(epoch)
         hook_logs = {k: v for hook in hooks for k, v in hook.on_epoch_start(epoch, ctx).items()}
         model.train()
         sums: dict[str, torch.Tensor] = {}

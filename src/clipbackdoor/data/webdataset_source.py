@@ -1,0 +1,130 @@
+"""Image–caption pairs streamed from WebDataset shards (img2dataset's layout), for data that does not fit
+a CSV of files: CC3M, CC12M.
+
+Items are the same dicts as :class:`PairDataset` yields, so the loop, the objectives and the views do not
+know where pairs come from. Shards are split over ranks and DataLoader workers (or resampled), samples go
+through a shuffle buffer, and everything is seeded by (seed, epoch, rank, worker): the same config gives
+the same stream. A sample's view seed is derived from its shard and key, so views are reproducible too.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from clipbackdoor.config import ConfigError, WebDatasetPairs
+from clipbackdoor.data.bad_rows import BadRow
+from clipbackdoor.data.datasets import DECODE_ERRORS
+from clipbackdoor.data.transforms import ResizeCenterCrop
+
+
+def shard_urls(urls: str | list[str]) -> list[str]:
+    """Brace patterns expanded (``a-{000..009}.tar``), in order."""
+    patterns = [urls] if isinstance(urls, str) else urls
+    return [u for pattern in patterns for u in wds.SimpleShardList(pattern).urls]
+
+
+class ShardPairs(IterableDataset):
+    def __init__(
+        self,
+        cfg: WebDatasetPairs,
+        transform: ResizeCenterCrop,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        view_maker: Any,
+        seed: int,
+        rank: int,
+        world_size: int,
+        micro_batch: int,
+        num_workers: int,
+    ):
+        self.cfg, self.transform, self.tokenizer, self.view_maker = cfg, transform, tokenizer, view_maker
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.urls = shard_urls(cfg.urls)
+        self.workers = max(1, num_workers)
+        if not self.urls:
+            raise ConfigError(f"data.train.urls: {cfg.urls!r} names no shards")
+        if not cfg.resampled and len(self.urls) < world_size * self.workers:
+            raise ConfigError(
+                f"{len(self.urls)} shards cannot be split over {world_size} rank(s) × {self.workers} worker(s); "
+                "use data.train.resampled=true or more shards"
+            )
+        per_worker = cfg.epoch_samples // world_size // self.workers
+        self.per_worker = per_worker - per_worker % micro_batch  # whole batches only: ranks stay in step
+        self.epoch = 0
+        self.bad: list[BadRow] = []  # load-time bad rows: none, shards are only read while streaming
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self, worker: int, purpose: int) -> random.Random:
+        """Seeded by integers only: their hash is the same in every process (str hashes are salted)."""
+        return random.Random(hash((self.seed, self.epoch, self.rank, worker, purpose)))
+
+    def __len__(self) -> int:
+        return self.per_worker * self.workers
+
+    def _shards(self, worker: int) -> Iterator[str]:
+        rng = self._rng(worker, 0)
+        if self.cfg.resampled:
+            while True:
+                yield rng.choice(self.urls)
+        mine = self.urls[self.rank :: self.world_size][worker :: self.workers]
+        while True:  # cycle through this worker's share, reshuffled each pass
+            rng.shuffle(mine)
+            yield from mine
+
+    def __iter__(self) -> Iterator[dict[str, Any] | BadRow]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        samples = wds.tarfile_to_samples()({"url": url} for url in self._shards(worker))
+        buffer = self.cfg.shuffle_buffer
+        stream = wds.filters._shuffle(samples, bufsize=buffer, initial=buffer, rng=self._rng(worker, 1))
+        for count, sample in enumerate(stream):
+            if count >= self.per_worker:
+                return
+            yield self._item(sample)
+
+    def _item(self, sample: dict[str, Any]) -> dict[str, Any] | BadRow:
+        url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+        index = zlib.crc32(f"{url}/{key}".encode()) & 0x7FFFFFFF
+        image_key = next((k for k in self.cfg.image_keys if k in sample), None)
+        if image_key is None or self.cfg.caption_key not in sample:
+            return BadRow(url, index, f"sample {key!r} lacks an image ({self.cfg.image_keys}) or a caption")
+        try:
+            caption = sample[self.cfg.caption_key].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return BadRow(url, index, f"sample {key!r}: caption is not valid UTF-8")
+        if not caption:
+            return BadRow(url, index, f"sample {key!r}: empty caption")
+        try:
+            with Image.open(io.BytesIO(sample[image_key])) as im:
+                im.load()
+                resized = self.transform.resize(im)
+        except DECODE_ERRORS as err:
+            return BadRow(url, index, f"sample {key!r}: unreadable image ({err})")
+        item = {"image": self.transform.to_tensor(resized), "text": self.tokenizer([caption])[0], "index": index}
+        views = self.view_maker.views if self.view_maker is not None else ()
+        if "image_aug" in views:
+            item["image_aug"] = self.transform.to_tensor(self.view_maker.image(resized, self.epoch, index))
+        if "text_aug" in views:
+            item["text_aug"] = self.tokenizer([self.view_maker.text(caption, self.epoch, index)])[0]
+        return item
+
+
+def write_shards(pairs: Iterator[tuple[str, Image.Image, str]], pattern: str, per_shard: int = 1000) -> list[str]:
+    """Write (key, image, caption) pairs as img2dataset-style shards (``.png`` + ``.txt``); returns the files."""
+    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
+        for key, image, caption in pairs:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            sink.write({"__key__": key, "png": buffer.getvalue(), "txt": caption.encode("utf-8")})
+        count = sink.shard
+    return [pattern % i for i in range(count)]
