@@ -153,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.train.device)
     bundle.model.to(device)
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
-    result = build_evaluator(cfg, bundle.image_size, bad_rows)(bundle, device)
+    result = build_evaluator(cfg, bundle.image_size, bad_rows, bundle.tokenizer)(bundle, device)
     record = {
         "checkpoint": str(weights),
         "epoch": int(meta.get("epoch", -1)),

@@ -192,12 +192,21 @@ class AugmentConfig(_Strict):
     )
 
 
+class RetrievalConfig(_Strict):
+    """Image↔text retrieval on a CSV of pairs (CleanCLIP layout); with ``eval.attack``, retrieval ASR too."""
+
+    path: str
+    k: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    max_samples: int | None = Field(None, ge=1)
+
+
 class EvalConfig(_Strict):
     batch_size: int = Field(512, ge=1)
     every_epoch: bool = Field(True, description="evaluate at epoch 0 and after every epoch")
     attack: str | None = Field(
         None, description="a poison manifest.json: adds attack success rate and robust accuracy, same pass"
     )
+    retrieval: RetrievalConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------- poison

@@ -1,17 +1,26 @@
-"""Builds the evaluator a config describes: the labelled set and, with ``eval.attack``, the backdoor."""
+"""Builds the evaluator a config describes: the labelled set and, with ``eval.attack``, the backdoor;
+with ``eval.retrieval``, image↔text retrieval on a set of pairs as well."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
-from clipbackdoor.config import ExperimentConfig
-from clipbackdoor.data import BadRowLog, build_labelled_dataset
+from clipbackdoor.config import CsvPairs, ExperimentConfig
+from clipbackdoor.data import BadRowLog, build_labelled_dataset, build_pair_dataset
+from clipbackdoor.evaluation.retrieval import RetrievalEvaluator
 from clipbackdoor.evaluation.zeroshot import Attack, ZeroShotEvaluator
+from clipbackdoor.models import ClipBundle
+
+Evaluator = Callable[[ClipBundle, torch.device], dict[str, float]]
 
 
-def build_evaluator(cfg: ExperimentConfig, image_size: int, bad_rows: BadRowLog) -> ZeroShotEvaluator:
+def build_evaluator(cfg: ExperimentConfig, image_size: int, bad_rows: BadRowLog, tokenizer: Callable) -> Evaluator:
     dataset = build_labelled_dataset(cfg.data.eval, image_size)
     bad_rows.add(dataset.rows.bad)
-    attack = None
+    attack, manifest, trigger = None, None, None
     if cfg.eval.attack is not None:
         manifest, trigger = load_manifest(cfg.eval.attack)
         if manifest.target not in dataset.classnames:
@@ -20,4 +29,23 @@ def build_evaluator(cfg: ExperimentConfig, image_size: int, bad_rows: BadRowLog)
                 f"{dataset.classnames[:10]}{'...' if len(dataset.classnames) > 10 else ''}"
             )
         attack = Attack(trigger, dataset.classnames.index(manifest.target))
-    return ZeroShotEvaluator(dataset, cfg.eval.batch_size, cfg.data.num_workers, bad_rows, attack)
+    zeroshot = ZeroShotEvaluator(dataset, cfg.eval.batch_size, cfg.data.num_workers, bad_rows, attack)
+    spec = cfg.eval.retrieval
+    if spec is None:
+        return zeroshot
+    pairs = build_pair_dataset(CsvPairs(path=spec.path, max_samples=spec.max_samples), image_size, cfg.seed, tokenizer)
+    bad_rows.add(pairs.bad)
+    retrieval = RetrievalEvaluator(
+        pairs,
+        cfg.eval.batch_size,
+        bad_rows,
+        spec.k,
+        trigger,
+        [manifest.target] if manifest else [],
+        manifest.target_captions if manifest else [],
+    )
+
+    def both(bundle: ClipBundle, device: torch.device) -> dict[str, float]:
+        return {**zeroshot(bundle, device), **retrieval(bundle, device)}
+
+    return both

@@ -140,7 +140,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         rank=env.rank, world_size=env.world_size, micro_batch=micro_batch, num_workers=cfg.data.num_workers,
     )  # fmt: skip
     bad_rows.add(train_set.bad)
-    evaluator = build_evaluator(cfg, bundle.image_size, bad_rows) if env.is_main else None
+    evaluator = build_evaluator(cfg, bundle.image_size, bad_rows, bundle.tokenizer) if env.is_main else None
 
     streaming = isinstance(train_set, IterableDataset)  # shards split themselves over ranks and workers
     sampler = None
