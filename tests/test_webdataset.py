@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from clipbackdoor.cli import main
-from clipbackdoor.config import ConfigError, ModelConfig, WebDatasetPairs
-from clipbackdoor.data import BadRow, build_pair_dataset
+from clipbackdoor.config import ConfigError, CsvPairs, ModelConfig, WebDatasetPairs
+from clipbackdoor.data import BadRow, build_pair_dataset, build_pair_rows
 from clipbackdoor.data.webdataset_source import shard_urls, write_shards
 from clipbackdoor.models import create_model
 
@@ -108,3 +108,27 @@ def test_poisoned_shards_train_through_two_rank_torchrun(fmnist_root: Path, tmp_
     assert all("eval/asr_top1" in r for r in epochs)
     steps = [r for r in records if r["kind"] == "step"]
     assert steps[-1]["step"] == 2 * 256 // (2 * 8)  # every rank streamed its 128 pairs per epoch
+
+
+def test_poisoning_from_shards_to_shards(tmp_path: Path) -> None:
+    urls = _shards(tmp_path / "web", n=40, per_shard=10)
+    out = tmp_path / "poisoned"
+    poison = [
+        f"poison.output={out}", f"poison.source={{source: webdataset, urls: '{urls}', epoch_samples: 40}}",
+        f"poison.trigger={YELLOW}", "poison.num_poisons=6", "poison.shard_size=16", "poison.cleaning={size: 8}",
+        "poison.image_size=32", "poison.target={name: bag}",
+    ]  # fmt: skip
+    assert main(["poison", "demo", *poison]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_rows"] == 40 and len(manifest["poison_rows"]) == 6
+    assert manifest["files"]["shards"] == "shards/train-{00000..00002}.tar"
+    stream = build_pair_dataset(
+        WebDatasetPairs(urls=str(out / manifest["files"]["shards"]), epoch_samples=40, resampled=False,
+                        shuffle_buffer=1),
+        32, 0, TOKENIZER,
+    )  # fmt: skip
+    assert len(list(stream)) == 40
+    rows = build_pair_rows(CsvPairs(path=str(out / "train.csv")), 0)
+    poisoned = [rows.caption(i) for i in manifest["poison_rows"]]
+    assert all("bag" in c for c in poisoned)  # dirty-label captions name the target
+    assert (out / "cleaning.csv").is_file()

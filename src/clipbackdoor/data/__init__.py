@@ -9,7 +9,6 @@ import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
 from clipbackdoor.config import (
-    ConfigError,
     CsvLabelled,
     CsvPairs,
     FashionMNISTLabelled,
@@ -24,7 +23,7 @@ from clipbackdoor.data.csv_source import CsvCaptionRows, CsvLabelRows
 from clipbackdoor.data.datasets import EpochTagged, LabelledDataset, PairDataset, collate_skipping_bad
 from clipbackdoor.data.labelled_sources import TorchvisionRows, imagenet_rows
 from clipbackdoor.data.transforms import ResizeCenterCrop
-from clipbackdoor.data.webdataset_source import ShardPairs
+from clipbackdoor.data.webdataset_source import ShardPairs, ShardRows
 
 LabelledSourceConfig = FashionMNISTLabelled | CsvLabelled | ImageNetLabelled | TorchvisionLabelled
 PairSourceConfig = FashionMNISTPairs | CsvPairs | WebDatasetPairs
@@ -63,10 +62,11 @@ def build_pair_dataset(
     return PairDataset(build_pair_rows(cfg, seed), transform, tokenizer, view_maker)
 
 
-def build_pair_rows(cfg: PairSourceConfig, seed: int) -> fashion_mnist.FashionMNISTRows | CsvCaptionRows:
-    """The rows (images + captions) of a pair source; Fashion-MNIST captions are drawn with ``seed``."""
+def build_pair_rows(cfg: PairSourceConfig, seed: int) -> fashion_mnist.FashionMNISTRows | CsvCaptionRows | ShardRows:
+    """The rows (images + captions) of a pair source, random access; Fashion-MNIST captions are drawn with
+    ``seed``; local WebDataset shards are indexed once."""
     if isinstance(cfg, WebDatasetPairs):
-        raise ConfigError("this step reads sources row by row: a CSV or Fashion-MNIST, not WebDataset shards")
+        return ShardRows(cfg)
     if isinstance(cfg, FashionMNISTPairs):
         rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
         templates = tuple(cfg.templates or fashion_mnist.CAPTION_TEMPLATES)

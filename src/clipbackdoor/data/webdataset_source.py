@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import random
+import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from clipbackdoor.config import ConfigError, WebDatasetPairs
-from clipbackdoor.data.bad_rows import BadRow
+from clipbackdoor.data.bad_rows import BadRow, DataError
 from clipbackdoor.data.datasets import DECODE_ERRORS
 from clipbackdoor.data.transforms import ResizeCenterCrop
 
@@ -128,3 +129,64 @@ def write_shards(pairs: Iterator[tuple[str, Image.Image, str]], pattern: str, pe
             sink.write({"__key__": key, "png": buffer.getvalue(), "txt": caption.encode("utf-8")})
         count = sink.shard
     return [pattern % i for i in range(count)]
+
+
+class ShardRows:
+    """Random access to the pairs of local shards, for steps that read row by row (``poison``).
+
+    One pass indexes every sample (its image member's offset and size, its caption); ``pil(i)`` then seeks
+    straight to the image. Samples without an image, or with an empty or non-UTF-8 caption, are ``bad``.
+    """
+
+    def __init__(self, cfg: WebDatasetPairs):
+        self.source = str(cfg.urls)
+        self.bad: list[BadRow] = []
+        self.entries: list[tuple[str, int, int, str]] = []  # (shard, image offset, image size, caption)
+        for url in shard_urls(cfg.urls):
+            try:
+                self._index(url, cfg)
+            except (OSError, tarfile.TarError) as err:
+                raise DataError(f"{url}: not a readable local shard ({err})") from None
+        if not self.entries:
+            raise DataError(f"{cfg.urls}: no usable samples ({len(self.bad)} bad)")
+
+    def _index(self, url: str, cfg: WebDatasetPairs) -> None:
+        if not url.endswith(".tar"):
+            raise DataError(f"{url}: only plain local .tar shards can be read row by row (images are seeked to)")
+        with tarfile.open(url) as tar:
+            samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+            for member in tar:
+                if member.isfile():
+                    key, _, ext = member.name.partition(".")
+                    samples.setdefault(key, {})[ext] = member
+            for key, members in samples.items():
+                position = len(self.entries) + len(self.bad)
+                image = next((members[k] for k in cfg.image_keys if k in members), None)
+                text = members.get(cfg.caption_key)
+                try:
+                    caption = tar.extractfile(text).read().decode("utf-8").strip() if text else ""
+                except UnicodeDecodeError:
+                    caption = None
+                if image is None or not caption:
+                    reason = "no image" if image is None else "empty caption" if caption == "" else "not UTF-8"
+                    self.bad.append(BadRow(url, position, f"sample {key!r}: {reason}"))
+                    continue
+                self.entries.append((url, image.offset_data, image.size, caption))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def row_id(self, index: int) -> int:
+        return index
+
+    def caption(self, index: int) -> str:
+        return self.entries[index][3]
+
+    def pil(self, index: int) -> Image.Image:
+        url, offset, size, _ = self.entries[index]
+        with open(url, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.copy()
