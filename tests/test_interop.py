@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from clipbackdoor.cli import main
-from clipbackdoor.config import ModelConfig
+from clipbackdoor.config import ConfigError, ModelConfig
 from clipbackdoor.interop import CheckpointError, read_state_dict
 from clipbackdoor.models import create_model
 from clipbackdoor.train import checkpoint as ckpt
@@ -83,3 +83,13 @@ def test_export_loads_in_open_clip_and_evaluates_the_same(poisoned: Path, tmp_pa
     last = [json.loads(line) for line in (poisoned / "metrics.jsonl").open() if '"kind": "epoch"' in line][-1]
     result = json.loads(record.read_text())
     assert result["eval/clean_top1"] == last["eval/clean_top1"] and result["eval/asr_top1"] == last["eval/asr_top1"]
+
+
+def test_open_clip_pretrained_from_disk_only(source, tmp_path: Path) -> None:
+    state, expected = source
+    weights = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(state, weights)  # what open_clip's hub cache holds for a pretrained tag
+    bundle = create_model(ModelConfig(name="tiny-rn", pretrained=str(weights)))
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(bundle.model), expected, strict=True))
+    with pytest.raises(ConfigError, match=r"weights tiny-rn/openai are not on disk .* nothing is downloaded"):
+        create_model(ModelConfig(name="tiny-rn", pretrained="openai"))

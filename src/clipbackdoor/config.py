@@ -140,7 +140,11 @@ class DataConfig(_Strict):
 # ---------------------------------------------------------------------------------------------- model
 class ModelConfig(_Strict):
     name: str = Field("tiny-rn", description="open_clip model name (RN50, ViT-B-32, ...) or ours (tiny-rn)")
-    checkpoint: str | None = Field(None, description="weights to start from (a clipbackdoor checkpoint)")
+    checkpoint: str | None = Field(None, description="weights to start from: ours, CleanCLIP, open_clip, a state dict")
+    pretrained: str | None = Field(
+        None, description="an open_clip pretrained tag (openai, laion2b_s34b_b79k, ...) whose weights are on disk"
+    )
+    cache_dir: str | None = Field(None, description="where open_clip's pretrained weights are (default: its cache)")
     image_size: int | None = Field(None, ge=8, description="override the model's input size")
     init_logit_scale: float | None = Field(None, description="default: ln(1/0.07), as CLIP")
     init_logit_bias: float | None = Field(None, description="a learned logit bias (SigLIP sets -10)")

@@ -35,6 +35,29 @@ class ClipBundle:
     normalize: Normalize
 
 
+def _open_clip_model(name: str, cfg: ModelConfig, extra: dict[str, float]) -> open_clip.CLIP:
+    """open_clip's model; pretrained weights only from disk (the hub is switched offline for the call)."""
+    if cfg.pretrained is None:
+        return open_clip.create_model(name, pretrained=None, force_image_size=cfg.image_size, **extra)
+    import huggingface_hub.constants
+
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE  # read at import: the env variable is too late here
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        return open_clip.create_model(
+            name, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir, force_image_size=cfg.image_size, **extra
+        )
+    except Exception as err:  # open_clip and the hub raise many kinds; all mean "not usable here"
+        where = cfg.cache_dir or "open_clip's cache (~/.cache/huggingface, ~/.cache/clip)"
+        raise ConfigError(
+            f"model.pretrained: weights {name}/{cfg.pretrained} are not on disk in {where} and nothing is "
+            f"downloaded at run time ({type(err).__name__}: {str(err).splitlines()[0][:200]}); fetch them where "
+            "the network is open, or give the file as model.checkpoint"
+        ) from None
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = offline
+
+
 def create_model(cfg: ModelConfig) -> ClipBundle:
     """Build the model a config names, at random init (seed the global RNG first) or from ``checkpoint``."""
     from clipbackdoor.train.checkpoint import checkpoint_model_name, load_weights
@@ -53,7 +76,7 @@ def create_model(cfg: ModelConfig) -> ClipBundle:
             for k, v in (("init_logit_scale", cfg.init_logit_scale), ("init_logit_bias", cfg.init_logit_bias))
             if v is not None
         }
-        model = open_clip.create_model(name, pretrained=None, force_image_size=cfg.image_size, **extra)
+        model = _open_clip_model(name, cfg, extra)
     finally:
         root.setLevel(level)
     if cfg.checkpoint is not None:
