@@ -138,9 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from clipbackdoor.train import checkpoint as ckpt
     from clipbackdoor.train.distributed import resolve_device
 
-    weights = Path(args.checkpoint)
-    if weights.is_dir():
-        weights = ckpt.latest_checkpoint(weights)["weights"]
+    weights = ckpt.resolve_weights(args.checkpoint)
     config = args.config
     if config is None:  # the run's own config, when the checkpoint sits in a run directory
         candidate = weights.parent.parent / "config.yaml"
@@ -173,9 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from clipbackdoor.interop import export_open_clip, read_state_dict
     from clipbackdoor.train import checkpoint as ckpt
 
-    weights = Path(args.checkpoint)
-    if weights.is_dir():
-        weights = ckpt.latest_checkpoint(weights)["weights"]
+    weights = ckpt.resolve_weights(args.checkpoint)
     meta = ckpt.checkpoint_metadata(weights)
     name = args.model or meta.get("model_name")
     if name is None:

@@ -54,14 +54,18 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, **metadata}))
 
 
+def resolve_weights(path: str | Path) -> Path:
+    """A weights file as given, or the latest one of a run directory or checkpoints/ folder."""
+    path = Path(path)
+    return latest_checkpoint(path)["weights"] if path.is_dir() else path
+
+
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load weights into ``model``: ours, or another tool's (see :mod:`clipbackdoor.interop`); names missing
     or unexpected keys on mismatch."""
     from clipbackdoor.interop import read_state_dict
 
-    path = Path(path)
-    if path.is_dir():
-        path = latest_checkpoint(path)["weights"]
+    path = resolve_weights(path)
     state = read_state_dict(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -73,9 +77,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 def checkpoint_metadata(path: str | Path) -> dict[str, str]:
     """What our safetensors checkpoints say about themselves (model name, epoch); empty for other formats."""
-    path = Path(path)
-    if path.is_dir():
-        path = latest_checkpoint(path)["weights"]
+    path = resolve_weights(path)
     if path.suffix != ".safetensors":
         return {}
     with safe_open(str(path), framework="pt") as f:
