@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from optuna.trial import TrialState
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError
+from clipbackdoor.report.build import SweepResult, _label_models, _panels
+from clipbackdoor.study import load_study_config
 from clipbackdoor.sweep import (
     Point,
     best_under,
@@ -23,7 +26,17 @@ from clipbackdoor.sweep import (
     pareto_front,
     sweep_points,
 )
-from clipbackdoor.sweep.runner import REUSE_LIMIT, TrialFailed, _exclusive, budget, requeue_lost_trials, sweep_done
+from clipbackdoor.sweep.runner import (
+    DIRECTIONS,
+    MAX_LOST,
+    REUSE_LIMIT,
+    TrialFailed,
+    _exclusive,
+    budget,
+    open_storage,
+    requeue_lost_trials,
+    sweep_done,
+)
 from clipbackdoor.sweep.space import ParamSpec, as_overrides, grid_space
 
 TINY_CLEANING = {"train.epochs": 1, "train.batch_size": 16, "train.warmup_steps": 1, "train.keep_last": 1}
@@ -56,6 +69,9 @@ def test_param_spec_validation_and_overrides() -> None:
     with pytest.raises(ConfigError, match=r"needs a 'grid' list for \['train.lr'\]"):
         grid_space({"train.lr": ParamSpec(low=1e-5, high=1e-3)})
     assert grid_space({"e": ParamSpec(choices=[1, 2])}) == {"e": [1, 2]}
+    spec = yaml.safe_load("{low: 1.0e-6, high: 1.0e-2, grid: [1e-5, 3.0e-4]}")  # YAML 1.1: '1e-5' is a string
+    assert ParamSpec(**spec).grid == [1e-5, 3e-4]
+    assert ParamSpec(choices=["1e-5", "adamw", 2]).choices == [1e-5, "adamw", 2]
     assert as_overrides({"train.lr": 1e-4, "defense.name": "x"}) == ["train.lr=0.0001", 'defense.name="x"']
 
 
@@ -139,11 +155,9 @@ def test_killed_worker_trial_is_failed_requeued_and_resumed(poisoned: Path, tmp_
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
     log = cfg.sweep_dir / "trials" / "trial-0000.log"
     size = log.stat().st_size
-    time.sleep(2.0)  # the orphaned trial process got SIGTERM with its parent: its log stops growing
+    time.sleep(1.0)  # the orphaned trial process got SIGTERM with its parent: its log stops growing
     assert log.stat().st_size == size
-    assert requeue_lost_trials(study, cfg.heartbeat_s) == [0]
-    assert requeue_lost_trials(study, cfg.heartbeat_s) == []  # queued once only
-    assert main(["sweep", str(config)]) == 0
+    assert main(["sweep", str(config)]) == 0  # restarted before the loss shows: waits for it, then retries
     trials = open_study(cfg).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].user_attrs["run_dir"] == trials[0].user_attrs["run_dir"]  # resumed, not restarted
@@ -205,18 +219,78 @@ def test_tpe_and_nsga2_samplers_draw_within_the_space(tmp_path: Path) -> None:
 
 
 def test_a_run_directory_is_held_by_one_worker_at_a_time(tmp_path: Path) -> None:
+    """A retry of a trial that was only presumed lost waits for the lock; a stop ends the wait."""
     lock = tmp_path / "trial-0000.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c", f"import fcntl,time; f=open({str(lock)!r},'a'); fcntl.flock(f, fcntl.LOCK_EX); "
          "print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    acquired = threading.Event()
+
+    def take() -> None:
+        with _exclusive(lock, threading.Event()):
+            acquired.set()
+
+    taker = threading.Thread(target=take)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(TrialFailed, match="another worker is running this trial"), _exclusive(lock):
+        stopping = threading.Event()
+        threading.Timer(0.5, stopping.set).start()
+        with pytest.raises(TrialFailed, match="interrupted while waiting"), _exclusive(lock, stopping):
             pass
+        taker.start()
+        assert not acquired.wait(1.5)  # waits while its holder lives
     finally:
         holder.kill()
         holder.wait()
-    with _exclusive(lock):  # released when its holder died
-        pass
+    taker.join(timeout=10)
+    assert acquired.is_set()  # taken once its holder died
+
+
+def test_a_lost_trial_is_retried_at_most_max_lost_times(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 'j.log'}"), directions=DIRECTIONS)
+    trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True)})
+    lr = trial.params["train.lr"]
+    for lost in range(1, MAX_LOST + 2):
+        time.sleep(0.05)  # no heartbeat for more than STALE_AFTER x 0.01 s
+        assert requeue_lost_trials(study, heartbeat_s=0.01) == [trial.number]
+        assert requeue_lost_trials(study, heartbeat_s=0.01) == []  # queued once only
+        last = study.get_trials()[-1]
+        if lost <= MAX_LOST:
+            assert last.state == TrialState.WAITING and last.user_attrs["lost"] == lost
+            trial = study.ask()  # a worker takes the retry: the same parameters
+            assert trial.params == {"train.lr": lr}
+    assert last.state == TrialState.FAIL and last.user_attrs["failure"] == f"lost its worker {MAX_LOST + 1} times"
+    assert [t.state for t in study.get_trials()].count(TrialState.WAITING) == 0
+
+
+def test_resuming_a_sweep_with_other_settings_is_refused(tmp_path: Path) -> None:
+    config = write_sweep(tmp_path / "s.yaml", tmp_path)
+    open_study(load_sweep_config(config))
+    with pytest.raises(ConfigError, match=r"overrides=.*give the changed sweep a new name"):
+        open_study(load_sweep_config(config, ["overrides.train\\.epochs=3"]))
+    with pytest.raises(ConfigError, match="space="):
+        open_study(load_sweep_config(config, ["space.train\\.lr.grid=[1e-4]"]))
+    open_study(load_sweep_config(config, ["heartbeat_s=5"]))  # how it runs may change
+
+
+def test_report_keeps_two_poisoned_models_with_one_objective_apart() -> None:
+    point = Point(ca=80.0, asr=1.0, ra=None, trial=0, epoch=1, params={"train.lr": 1e-4}, run_dir="x")
+    results = [
+        SweepResult(name=f"{run}--cleanclip", pretrain="MMCL", defense="cleanclip", poisoned_run=Path(run),
+                    points=[point], poisoned=None, runs=1, failed=0)
+        for run in ("cc3m/mmcl", "cc6m/mmcl")
+    ]  # fmt: skip
+    _label_models(results)
+    assert [r.pretrain for r in results] == ["MMCL (cc3m/mmcl)", "MMCL (cc6m/mmcl)"]
+    assert [p.title for p in _panels(results, 5.0)] == ["MMCL (cc3m/mmcl)", "MMCL (cc6m/mmcl)"]
+
+
+def test_a_study_refuses_two_defense_recipes_that_would_share_a_sweep(tmp_path: Path) -> None:
+    spec = {"space": {"train.lr": {"choices": [1e-4]}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "pretrain": {"mmcl": {}},
+                                    "defenses": {"cleanclip": spec, "mine/cleanclip.yaml": spec}}))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"two recipes named \['cleanclip'\]"):
+        load_study_config(path)

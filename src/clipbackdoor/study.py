@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clipbackdoor.config import ConfigError, load_config, read_yaml, resolve_yaml, save_config, validate_as
 from clipbackdoor.sweep.config import SweepConfig, SweepSpec
@@ -37,6 +37,14 @@ class StudyConfig(BaseModel):
     launcher: list[str] = Field(default_factory=list, description="what each trial runs under, e.g. torchrun")
     asr_threshold: float = 5.0
     figure_format: Literal["png", "svg"] = "png"
+
+    @model_validator(mode="after")
+    def _distinct_sweep_names(self) -> StudyConfig:
+        stems = [Path(defense).stem for defense in self.defenses]
+        twice = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if twice:
+            raise ValueError(f"defenses: two recipes named {twice} would share a sweep; rename one file")
+        return self
 
     @property
     def study_dir(self) -> Path:

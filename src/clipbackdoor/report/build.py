@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from clipbackdoor.config import ConfigError, read_yaml
 from clipbackdoor.report.plots import (
@@ -25,10 +26,11 @@ from clipbackdoor.report.plots import (
     plot_pareto_fronts,
     plot_trajectories,
 )
-from clipbackdoor.report.tables import Table
+from clipbackdoor.report.tables import Table, format_value
 from clipbackdoor.sweep.config import load_sweep_config
 from clipbackdoor.sweep.runner import open_storage
 from clipbackdoor.sweep.select import Point, best_under, hypervolume, pareto_front, sweep_points
+from clipbackdoor.train.checkpoint import epoch_weights
 from clipbackdoor.train.metrics import read_records
 
 
@@ -46,21 +48,25 @@ class SweepResult:
     poisoned_run: Path
     points: list[Point]
     poisoned: Point | None
-    complete: int
-    failed: int
+    runs: int  # cleaning runs completed (trials that reused an identical earlier one not counted)
+    failed: int  # trials that failed on their own (lost and interrupted ones are retried)
 
 
 def load_sweep(sweep_dir: Path) -> SweepResult:
     cfg = load_sweep_config(sweep_dir / "sweep.yaml")
+    journal = sweep_dir / "journal.log"  # the default storage: found next to sweep.yaml, wherever that moved
+    if cfg.storage is None and not journal.is_file():
+        raise ConfigError(f"{sweep_dir}: no journal.log (the sweep never ran, or its storage was elsewhere)")
+    url = cfg.storage or f"journal:{journal}"
     try:
-        study = optuna.load_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
+        study = optuna.load_study(study_name=cfg.name, storage=open_storage(url))
     except KeyError:
-        raise ConfigError(f"{sweep_dir}: no sweep '{cfg.name}' in {cfg.storage_url}") from None
+        raise ConfigError(f"{sweep_dir}: no sweep '{cfg.name}' in {url}") from None
     points, poisoned = sweep_points(study)
     run_config = Path(cfg.run) / "config.yaml"
     if not run_config.is_file():
         raise ConfigError(f"{sweep_dir}/sweep.yaml: its poisoned run {cfg.run} has no config.yaml")
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
     return SweepResult(
         name=cfg.name,
         pretrain=objective_label(read_yaml(run_config).get("objective", {})),
@@ -68,9 +74,20 @@ def load_sweep(sweep_dir: Path) -> SweepResult:
         poisoned_run=Path(cfg.run),
         points=points,
         poisoned=poisoned,
-        complete=states.count(optuna.trial.TrialState.COMPLETE),
-        failed=states.count(optuna.trial.TrialState.FAIL),
+        runs=sum(t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs for t in trials),
+        failed=sum(t.state == TrialState.FAIL and "failure" in t.user_attrs for t in trials),
     )
+
+
+def _label_models(results: list[SweepResult]) -> None:
+    """A row per poisoned model, named by its pre-training objective; two models with one objective (two
+    studies, two datasets) are told apart by their run directory rather than merged."""
+    runs_by_label: dict[str, set[Path]] = {}
+    for r in results:
+        runs_by_label.setdefault(r.pretrain, set()).add(r.poisoned_run)
+    for r in results:
+        if len(runs_by_label[r.pretrain]) > 1:
+            r.pretrain = f"{r.pretrain} ({r.poisoned_run})"
 
 
 def _cell(p: Point | None) -> str:
@@ -78,7 +95,13 @@ def _cell(p: Point | None) -> str:
 
 
 def _params(p: Point) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.params.items())
+    return ", ".join(f"{k}={format_value(v)}" for k, v in p.params.items())
+
+
+def _weights(p: Point) -> str:
+    """The selected model's checkpoint, or why there is none (a sweep with train.keep_last keeps the last)."""
+    path = epoch_weights(Path(p.run_dir or ".") / "checkpoints", p.epoch)
+    return str(path) if p.run_dir and path.is_file() else "not kept (train.keep_last)"
 
 
 def _panels(results: list[SweepResult], asr_threshold: float) -> list[PlanePanel]:
@@ -101,10 +124,10 @@ def _tables(results: list[SweepResult], panels: list[PlanePanel], asr_threshold:
         [[p.title, _cell(p.poisoned), *(_cell(p.best[d]) if d in p.best else "-" for d in defenses)] for p in panels],
     )
     selected = Table(
-        ["pre-training", "defense", "CA %", "ASR %", "RA %", "trial", "epoch", "parameters"],
+        ["pre-training", "defense", "CA %", "ASR %", "RA %", "trial", "epoch", "parameters", "weights"],
         [
             [p.title, d, f"{b.ca:.2f}", f"{b.asr:.2f}", "-" if b.ra is None else f"{b.ra:.2f}", str(b.trial),
-             str(b.epoch), _params(b)]
+             str(b.epoch), _params(b), _weights(b)]
             for p in panels for d, b in p.best.items() if b is not None
         ],
     )  # fmt: skip
@@ -116,9 +139,9 @@ def _tables(results: list[SweepResult], panels: list[PlanePanel], asr_threshold:
         ],
     )  # fmt: skip
     sweeps = Table(
-        ["sweep", "pre-training", "defense", "trials complete", "failed", "points", "hypervolume"],
+        ["sweep", "pre-training", "defense", "cleaning runs", "failed", "points", "hypervolume"],
         [
-            [r.name, r.pretrain, r.defense, str(r.complete), str(r.failed), str(len(r.points)),
+            [r.name, r.pretrain, r.defense, str(r.runs), str(r.failed), str(len(r.points)),
              f"{hypervolume(r.points):.3f}"]
             for r in results
         ],
@@ -160,6 +183,7 @@ def build_report(
     if not sweep_dirs:
         raise ConfigError("no sweeps to report on")
     results = [load_sweep(Path(d)) for d in sweep_dirs]
+    _label_models(results)
     panels = _panels(results, asr_threshold)
     figures_dir = out_dir / "figures"
     runs = list(dict.fromkeys((r.pretrain, r.poisoned_run) for r in results))

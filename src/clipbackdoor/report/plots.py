@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from clipbackdoor.report.tables import format_value
 from clipbackdoor.sweep.select import Point
 
 Records = Sequence[dict[str, Any]]
@@ -113,12 +114,12 @@ def plot_trajectories(panels: Sequence[PlanePanel], path: Path, asr_threshold: f
     )
     for row, panel in zip(axes, panels, strict=True):
         for ax, defense in zip(row, defenses, strict=True):
-            by_trial: dict[int | None, list[Point]] = {}
+            by_trial: dict[str | int | None, list[Point]] = {}  # a run directory is a trial in any sweep
             for p in panel.points.get(defense, []):
-                by_trial.setdefault(p.trial, []).append(p)
+                by_trial.setdefault(p.run_dir or p.trial, []).append(p)
             for trial_points in by_trial.values():
                 path_points = sorted(trial_points, key=lambda p: p.epoch)
-                label = ", ".join(f"{k.split('.')[-1]} {v:.3g}" for k, v in path_points[0].params.items())
+                label = ", ".join(f"{k.split('.')[-1]} {format_value(v)}" for k, v in path_points[0].params.items())
                 if panel.poisoned is not None:
                     path_points.insert(0, panel.poisoned)
                 xs, ys = [p.asr for p in path_points], [p.ca for p in path_points]

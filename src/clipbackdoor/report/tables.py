@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from typing import Any
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter as people write it: ``0.0003``, ``4``, ``adamw`` (floats to 3 significant digits)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 @dataclass

@@ -32,7 +32,8 @@ class SweepConfig(SweepSpec):
     output_dir: str = "runs/sweeps"
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the sweep dir")
     launcher: list[str] = Field(
-        default_factory=list, description="command a trial runs under, e.g. [torchrun, --nproc_per_node, '2']"
+        default_factory=list,
+        description="command a trial runs under, e.g. [torchrun, --standalone, --nproc_per_node, '2']",
     )
     heartbeat_s: float = Field(30.0, gt=0, description="a running trial's worker proves it is alive this often")
     asr_threshold: float = Field(5.0, description="selection: highest CA among points with ASR <= this (%)")

@@ -7,18 +7,22 @@ or a PostgreSQL URL for many machines.
 
 Faults. A worker proves it is alive by a heartbeat (a trial user attribute) while its trial runs; a
 worker that starts later marks a trial whose heartbeat went stale as failed and queues a retry with the
-same parameters (Optuna's RetryHeartbeatStaleTrialCallback), which resumes the lost trial's run directory from its
-last checkpoint. Only the worker whose RUNNING -> FAIL transition succeeds queues the retry, and a run
-directory is held under an exclusive file lock while a trial runs in it, so no two workers ever run the
-same trial. An interrupted worker (Ctrl-C, SIGTERM) queues its own retries on the way out.
+same parameters, which resumes the lost trial's run directory from its last checkpoint; a trial lost
+more than MAX_LOST times is recorded as failed. Only the worker whose RUNNING -> FAIL transition succeeds
+queues the retry, and a run directory is held under an exclusive file lock while a trial runs in it, so
+no two workers ever run the same trial: a retry of a trial that was only presumed lost (its worker
+paused, its heartbeat failed) waits for the lock, then finds the run finished. An interrupted worker
+(Ctrl-C, SIGTERM) queues its own retries on the way out, however often. A sweep is done only when no
+trial is running anywhere, so a sweep restarted right after a crash waits for its lost trials.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import functools
+import itertools
+import json
 import math
 import os
 import signal
@@ -27,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -46,14 +49,20 @@ from clipbackdoor.train.metrics import read_records
 
 DIRECTIONS = ["maximize", "minimize"]  # clean accuracy, attack success rate
 STALE_AFTER = 3  # heartbeats missed before a running trial counts as lost
+MAX_LOST = 3  # a trial whose worker was lost this often is recorded as failed (it may be what kills them)
 REUSE_LIMIT = 5  # trials per budgeted run, at most, when a sampler keeps proposing evaluated points
-with warnings.catch_warnings():  # experimental since Optuna 2.8, the one retry mechanism Optuna keeps
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    RETRY = RetryHeartbeatStaleTrialCallback(max_retry=3)
+try:  # resolved once here: after fork, a threaded worker's child must not dlopen (the loader lock)
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:  # not Linux: trials do not follow a killed worker
+    _PRCTL = None
 
 
 class TrialFailed(RuntimeError):
     """The trial's own run failed (non-zero exit): recorded as its failure, not retried."""
+
+
+class TakenOver(RuntimeError):
+    """Another worker presumed this trial lost and queued its retry, which records the results."""
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -83,7 +92,21 @@ def make_sampler(cfg: SweepConfig, worker_index: int = 0) -> optuna.samplers.Bas
     seed = cfg.seed + 1000 * worker_index
     if cfg.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed)
-    return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, multivariate=True, seed=seed)
+    return optuna.samplers.TPESampler(
+        n_startup_trials=cfg.startup_trials, multivariate=True, constant_liar=True, seed=seed
+    )  # constant_liar: workers running at once do not all propose the same point
+
+
+def _identity(cfg: SweepConfig) -> dict[str, str]:
+    """What a sweep's stored results depend on: resuming or joining it with other values is refused."""
+    space = {name: spec.model_dump(exclude_defaults=True) for name, spec in cfg.space.items()}
+    return {
+        "run": cfg.run,
+        "defense": cfg.defense,
+        "sampler": cfg.sampler,
+        "space": json.dumps(space, sort_keys=True),
+        "overrides": json.dumps(cfg.overrides, sort_keys=True),
+    }
 
 
 def open_study(cfg: SweepConfig, worker_index: int = 0) -> optuna.Study:
@@ -94,9 +117,12 @@ def open_study(cfg: SweepConfig, worker_index: int = 0) -> optuna.Study:
         directions=DIRECTIONS,
         load_if_exists=True,
     )
-    for key, value in {"run": cfg.run, "defense": cfg.defense, "sampler": cfg.sampler}.items():
+    for key, value in _identity(cfg).items():
         if study.user_attrs.get(key, value) != value:
-            raise ConfigError(f"sweep '{cfg.name}' in {cfg.storage_url} was made with {key}={study.user_attrs[key]!r}")
+            raise ConfigError(
+                f"sweep '{cfg.name}' in {cfg.storage_url} was made with {key}={study.user_attrs[key]!r}, "
+                f"not {value!r}: give the changed sweep a new name"
+            )
         study.set_user_attr(key, value)
     return study
 
@@ -140,7 +166,10 @@ def completed_with(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial |
 
 
 def requeue_lost_trials(study: optuna.Study, heartbeat_s: float) -> list[int]:
-    """Fail running trials whose worker stopped beating and queue their retries; returns their numbers."""
+    """Fail running trials whose worker stopped beating and queue their retries; returns their numbers.
+
+    A trial lost more than MAX_LOST times is recorded as failed ("lost its worker N times") instead.
+    """
     now, lost = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = t.datetime_start.timestamp() if t.datetime_start else now
@@ -152,13 +181,32 @@ def requeue_lost_trials(study: optuna.Study, heartbeat_s: float) -> list[int]:
 
 def _fail_and_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
     """RUNNING -> FAIL, then queue a retry; only the caller whose transition succeeds queues it."""
+    storage, lost = study._storage, trial.user_attrs.get("lost", 0) + 1
     try:
-        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+        storage.set_trial_user_attr(trial._trial_id, "lost", lost)  # the retry inherits the count
+        if lost > MAX_LOST:
+            storage.set_trial_user_attr(trial._trial_id, "failure", f"lost its worker {lost} times")
+        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    RETRY(study, study._storage.get_trial(trial._trial_id))
+    if lost <= MAX_LOST:
+        queue_retry(study, storage.get_trial(trial._trial_id))
     return True
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """The same parameters again, WAITING for the next worker; the retry keeps the trial's attributes (its
+    run directory, so it resumes that run) and system attributes (a grid trial keeps its grid point)."""
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs=trial.system_attrs,
+        )
+    )
 
 
 def trial_points(run_dir: Path) -> list[dict[str, Any]]:
@@ -179,18 +227,24 @@ def trial_points(run_dir: Path) -> list[dict[str, Any]]:
 
 def _die_with_parent() -> None:
     """In the trial's child: get SIGTERM when the worker dies, even by SIGKILL (Linux prctl)."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def _exclusive(lock_path: Path, stopping: threading.Event) -> Iterator[None]:
+    """Hold a run directory's lock. Another holder is a trial presumed lost but still running: wait for it."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrialFailed(f"{lock_path}: another worker is running this trial") from None
+        for waited in itertools.count():
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waited == 0:
+                    print(f"{lock_path}: another worker still runs this trial; waiting for it", flush=True)
+                if stopping.wait(1.0):
+                    raise TrialFailed(f"{lock_path}: interrupted while waiting for the lock") from None
         yield
 
 
@@ -200,7 +254,12 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial, every: float) -> Iterat
 
     def beat() -> None:
         while not stop.wait(every):
-            study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+            try:
+                study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # presumed lost and taken over by another worker: nothing left to prove
+            except Exception as err:  # a storage hiccup must not silence the trial: beat again next time
+                print(f"trial {trial.number}: heartbeat not written ({err!r}); retrying", flush=True)
 
     trial.set_user_attr("heartbeat", time.time())
     thread = threading.Thread(target=beat, daemon=True)
@@ -220,6 +279,7 @@ class Worker:
         self.study = open_study(cfg, worker_index)
         self.stopping = threading.Event()
         self.children: set[subprocess.Popen] = set()
+        self.taken_over: set[int] = set()  # trial ids another worker presumed lost while they ran here
         self.lock = threading.Lock()
 
     def run(self) -> optuna.Study:
@@ -227,7 +287,10 @@ class Worker:
         save_config(self.cfg, self.cfg.sweep_dir / "sweep.yaml")
         lost = requeue_lost_trials(self.study, self.cfg.heartbeat_s)
         if lost:
-            print(f"[sweep {self.cfg.name}] trials {lost} lost their worker: retrying them", flush=True)
+            print(
+                f"[sweep {self.cfg.name}] trials {lost} lost their worker: retried (at most {MAX_LOST} times)",
+                flush=True,
+            )
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         pool = ThreadPoolExecutor(self.threads)
         try:
@@ -253,17 +316,25 @@ class Worker:
         raise KeyboardInterrupt
 
     def _loop(self) -> None:
-        while not self.stopping.is_set() and not sweep_done(self.study, self.cfg):
+        while not self.stopping.is_set():
             requeue_lost_trials(self.study, self.cfg.heartbeat_s)
+            if sweep_done(self.study, self.cfg):
+                if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    return
+                self.stopping.wait(min(self.cfg.heartbeat_s, 5.0))  # until they finish or are found lost
+                continue
             started: list[int] = []
             try:  # optimize, not ask/tell: the grid sampler stops the study from inside its loop
                 objective = functools.partial(self._objective, started=started)
                 self.study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+            except ValueError:  # Optuna cannot tell a trial another worker already failed: that one is fine
+                if not self.taken_over.intersection(started):
+                    raise
             finally:
-                for trial_id in started:  # an interrupted trial is queued to resume next time
+                for trial_id in set(started) - self.taken_over:  # an interrupted trial resumes next time
                     trial = self.study._storage.get_trial(trial_id)
                     if trial.state == TrialState.FAIL and "failure" not in trial.user_attrs:
-                        RETRY(self.study, trial)
+                        queue_retry(self.study, trial)
 
     def _objective(self, trial: optuna.Trial, started: list[int]) -> tuple[float, float]:
         started.append(trial._trial_id)
@@ -276,15 +347,21 @@ class Worker:
             return tuple(earlier.values)
         try:
             points = self._run_trial(trial, params)
+        except TakenOver as err:
+            self.taken_over.add(trial._trial_id)
+            print(f"[sweep {self.cfg.name}] trial {trial.number}: {err}", flush=True)
+            raise
         except TrialFailed as err:
             if not self.stopping.is_set():  # the trial's own failure; an interrupted one is retried
                 trial.set_user_attr("failure", str(err))
                 print(f"[sweep {self.cfg.name}] trial {trial.number} failed: {err}", flush=True)
             raise
         last = points[-1]
-        asr = last["asr"] if last["asr"] is not None else 0.0
-        print(f"[sweep {self.cfg.name}] trial {trial.number} {params}: CA {last['ca']:.2f} ASR {asr:.2f}", flush=True)
-        return last["ca"], asr
+        print(
+            f"[sweep {self.cfg.name}] trial {trial.number} {params}: CA {last['ca']:.2f} ASR {last['asr']:.2f}",
+            flush=True,
+        )
+        return last["ca"], last["asr"]
 
     def _run_trial(self, trial: optuna.Trial, params: dict[str, Any]) -> list[dict[str, Any]]:
         cfg = self.cfg
@@ -300,16 +377,18 @@ class Worker:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.threads)))
         log_path = run_dir.with_suffix(".log")
         with (
-            _exclusive(run_dir.with_suffix(".lock")),
             _heartbeat(self.study, trial, cfg.heartbeat_s),
+            _exclusive(run_dir.with_suffix(".lock"), self.stopping),
             log_path.open("a") as log,
         ):
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
-            child = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-            )
-            with self.lock:
+            with self.lock:  # a stop that came while this trial was being sampled must not start it
+                if self.stopping.is_set():
+                    raise TrialFailed("interrupted before it started")
+                child = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+                )
                 self.children.add(child)
             code = child.wait()
             with self.lock:
@@ -317,9 +396,13 @@ class Worker:
         if code != 0:
             tail = log_path.read_text().strip().splitlines()[-1:] or [""]
             raise TrialFailed(f"exit code {code}: {tail[0]} (log: {log_path})")
+        if self.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            raise TakenOver("presumed lost by another worker, whose retry of it records the results")
         points = trial_points(run_dir)
         if not points:
             raise TrialFailed(f"{run_dir}/metrics.jsonl holds no evaluated epoch")
+        if points[-1]["asr"] is None:
+            raise TrialFailed(f"{run_dir}/metrics.jsonl has no ASR: the poisoned run needs eval.attack")
         trial.set_user_attr("points", points)
         return points
 

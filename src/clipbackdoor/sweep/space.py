@@ -7,14 +7,16 @@ parameters are directly the overrides of its cleaning run.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clipbackdoor.config import ConfigError
 
 Scalar = float | int | str | bool
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.1 leaves a string
 
 
 class ParamSpec(BaseModel):
@@ -32,6 +34,14 @@ class ParamSpec(BaseModel):
     integer: bool = False
     choices: list[Scalar] | None = None
     grid: list[Scalar] | None = Field(None, description="values for the grid sampler")
+
+    @field_validator("choices", "grid", mode="before")
+    @classmethod
+    def _numbers_as_numbers(cls, values: Any) -> Any:
+        """YAML 1.1 reads ``1e-5`` (no dot) as a string; in a list of values it means the number."""
+        if not isinstance(values, list):
+            return values
+        return [float(v) if isinstance(v, str) and NUMBER.fullmatch(v.strip()) else v for v in values]
 
     @model_validator(mode="after")
     def _consistent(self) -> ParamSpec:

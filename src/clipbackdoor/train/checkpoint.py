@@ -107,6 +107,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
 
 
+def epoch_weights(directory: str | Path, epoch: int) -> Path:
+    """Where a run's weights after ``epoch`` are written: ``<checkpoints>/epoch_NNN.safetensors``."""
+    return Path(directory) / f"epoch_{epoch:03d}.safetensors"
+
+
 def save_checkpoint(
     directory: Path,
     epoch: int,
@@ -116,8 +121,8 @@ def save_checkpoint(
     keep_last: int | None = None,
 ) -> Path:
     """Write ``epoch_NNN.safetensors`` + ``epoch_NNN.state.pt``, then point ``latest.json`` at them."""
-    stem = f"epoch_{epoch:03d}"
-    weights, state_file = directory / f"{stem}.safetensors", directory / f"{stem}.state.pt"
+    weights = epoch_weights(directory, epoch)
+    state_file = weights.with_name(f"{weights.stem}.state.pt")
     save_weights(model, weights, {**metadata, "epoch": str(epoch)})
     _atomic_write(state_file, lambda tmp: torch.save({**state, "epoch": epoch}, tmp))
     pointer = {"epoch": epoch, "weights": weights.name, "state": state_file.name}
