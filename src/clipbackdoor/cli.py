@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command as typed, for reports to say what made them."""
-    return " ".join(["clipbackdoor", *args.argv])
+    return shlex.join(["clipbackdoor", *args.argv])
 
 
 def _print_best_table(report: Path) -> None:
@@ -100,13 +101,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_sweeps(study_dir: Path) -> list[Path]:
+    """A study's sweep directories in its config's order (the table's columns), then any others found."""
+    from clipbackdoor.study import load_study_config, sweep_configs
+
+    found = sorted(p.parent for p in (study_dir / "sweeps").glob("*/sweep.yaml"))
+    planned = [study_dir / "sweeps" / s.name for s in sweep_configs(load_study_config(study_dir / "study.yaml"))]
+    return [d for d in planned if d in found] + [d for d in found if d not in planned]
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from clipbackdoor.report.build import build_report
 
     sweep_dirs, default_out = [], None
     for given in map(Path, args.paths):
         if (given / "study.yaml").is_file():
-            sweep_dirs += sorted(p.parent for p in (given / "sweeps").glob("*/sweep.yaml"))
+            sweep_dirs += _study_sweeps(given)
             default_out = default_out or given / "report"
         elif (given / "sweep.yaml").is_file():
             sweep_dirs.append(given)
