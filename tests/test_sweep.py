@@ -31,6 +31,7 @@ from clipbackdoor.sweep.runner import (
     MAX_LOST,
     REUSE_LIMIT,
     TrialFailed,
+    Worker,
     _exclusive,
     budget,
     open_storage,
@@ -294,3 +295,14 @@ def test_a_study_refuses_two_defense_recipes_that_would_share_a_sweep(tmp_path: 
                                     "defenses": {"cleanclip": spec, "mine/cleanclip.yaml": spec}}))  # fmt: skip
     with pytest.raises(ConfigError, match=r"two recipes named \['cleanclip'\]"):
         load_study_config(path)
+
+
+def test_a_trial_past_the_budget_is_pruned_not_run(tmp_path: Path) -> None:
+    """Two workers can both pass the budget check for the last run: the later trial must not run."""
+    cfg = load_sweep_config(write_sweep(tmp_path / "s.yaml", tmp_path, sampler="tpe", trials=1))
+    worker = Worker(cfg)
+    first, second = worker.study.ask(), worker.study.ask()  # both created while the budget looked open
+    with pytest.raises(optuna.TrialPruned):
+        worker._objective(second, started=[])
+    assert worker.study._storage.get_trial(first._trial_id).state == TrialState.RUNNING  # the first may run
+    assert not worker._budget_met_before(first)

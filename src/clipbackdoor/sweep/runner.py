@@ -338,6 +338,8 @@ class Worker:
 
     def _objective(self, trial: optuna.Trial, started: list[int]) -> tuple[float, float]:
         started.append(trial._trial_id)
+        if self._budget_met_before(trial):
+            raise optuna.TrialPruned("the budget was met by earlier trials")
         params = {name: spec.suggest(trial, name) for name, spec in self.cfg.space.items()}
         earlier = completed_with(self.study, params)
         if earlier is not None:  # a discrete space's sampler proposed a point already run: no second run
@@ -362,6 +364,15 @@ class Worker:
             flush=True,
         )
         return last["ca"], last["asr"]
+
+    def _budget_met_before(self, trial: optuna.Trial) -> bool:
+        """Workers check the budget and then create a trial, so several may pass the check for the last
+        run; only the lowest-numbered ones run, the rest are pruned (pruned trials do not count). A grid
+        hands each worker a different point and stops by itself."""
+        if self.cfg.sampler == "grid":
+            return False
+        trials = self.study.get_trials(deepcopy=False)
+        return sum(t.number < trial.number and _counts_toward_budget(t) for t in trials) >= budget(self.cfg)
 
     def _run_trial(self, trial: optuna.Trial, params: dict[str, Any]) -> list[dict[str, Any]]:
         cfg = self.cfg
