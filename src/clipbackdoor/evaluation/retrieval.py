@@ -20,20 +20,21 @@ from clipbackdoor.data.transforms import to_unit
 from clipbackdoor.models import ClipBundle
 
 
+def _share_at_k(hits: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
+    """% of query rows with a hit among their first k columns of ``hits`` (rows x top-k, most similar first)."""
+    return {k: 100.0 * int(hits[:, :k].any(dim=1).sum()) / len(hits) for k in ks}
+
+
 def recall_at_k(similarity: torch.Tensor, truth: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
     """% of query rows whose true column (``truth[row]``) is among their k most similar columns."""
-    kmax = min(max(ks), similarity.shape[1])
-    top = similarity.topk(kmax, dim=1).indices
-    hits = top == truth.unsqueeze(1)
-    return {k: 100.0 * int(hits[:, : min(k, kmax)].any(dim=1).sum()) / len(hits) for k in ks}
+    top = similarity.topk(min(max(ks), similarity.shape[1]), dim=1).indices
+    return _share_at_k(top == truth.unsqueeze(1), ks)
 
 
 def hit_rate_at_k(similarity: torch.Tensor, wanted: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
     """% of query rows with any ``wanted`` column (a boolean mask over columns) among their k most similar."""
-    kmax = min(max(ks), similarity.shape[1])
-    top = similarity.topk(kmax, dim=1).indices
-    hits = wanted[top]
-    return {k: 100.0 * int(hits[:, : min(k, kmax)].any(dim=1).sum()) / len(hits) for k in ks}
+    top = similarity.topk(min(max(ks), similarity.shape[1]), dim=1).indices
+    return _share_at_k(wanted[top], ks)
 
 
 class RetrievalEvaluator:
@@ -47,9 +48,14 @@ class RetrievalEvaluator:
         target_names: Sequence[str] = (),
         target_captions: Sequence[str] = (),
     ):
-        self.dataset, self.bad_rows, self.ks = dataset, bad_rows, tuple(ks)
-        self.trigger, self.target_names, self.target_captions = trigger, list(target_names), list(target_captions)
+        self.bad_rows, self.ks = bad_rows, tuple(ks)
+        self.trigger, self.target_captions = trigger, list(target_captions)
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skipping_bad)
+        # which pairs' own captions name the target: they are not triggered, and they answer for it (once)
+        rows = dataset.rows
+        self.names_target = torch.tensor(
+            [names_target(rows.caption(i), target_names) for i in range(len(rows))], dtype=torch.bool
+        )
 
     @torch.no_grad()
     def __call__(self, bundle: ClipBundle, device: torch.device) -> dict[str, float]:
@@ -65,11 +71,10 @@ class RetrievalEvaluator:
             images.append(model.encode_image(normalize(pixels), normalize=True).float())
             texts.append(model.encode_text(batch["text"].to(device), normalize=True).float())
             if self.trigger is not None:
-                captions = [self.dataset.rows.caption(int(i)) for i in batch["index"]]
-                mask = torch.tensor([not names_target(c, self.target_names) for c in captions])
-                names_it += [not m for m in mask.tolist()]
-                if mask.any():
-                    poisoned = self.trigger.apply(pixels[mask.to(device)], batch["index"][mask])
+                names = self.names_target[batch["index"]]
+                names_it.append(names)
+                if not names.all():
+                    poisoned = self.trigger.apply(pixels[~names.to(device)], batch["index"][~names])
                     triggered.append(model.encode_image(normalize(poisoned), normalize=True).float())
         model.train(was_training)
         if not images:
@@ -85,7 +90,7 @@ class RetrievalEvaluator:
             tokens = bundle.tokenizer(self.target_captions).to(device)
             target_text = model.encode_text(tokens, normalize=True).float()
             gallery = torch.cat([text, target_text])
-            wanted = torch.tensor(names_it + [True] * len(target_text), device=gallery.device)
+            wanted = torch.cat([*names_it, torch.ones(len(target_text), dtype=torch.bool)]).to(gallery.device)
             for k, v in hit_rate_at_k(torch.cat(triggered) @ gallery.T, wanted, self.ks).items():
                 result[f"retrieval_asr_r{k}"] = v
         return result

@@ -53,15 +53,14 @@ class SweepResult:
 
 
 def load_sweep(sweep_dir: Path) -> SweepResult:
-    cfg = load_sweep_config(sweep_dir / "sweep.yaml")
-    journal = sweep_dir / "journal.log"  # the default storage: found next to sweep.yaml, wherever that moved
-    if cfg.storage is None and not journal.is_file():
-        raise ConfigError(f"{sweep_dir}: no journal.log (the sweep never ran, or its storage was elsewhere)")
-    url = cfg.storage or f"journal:{journal}"
+    # where the sweep dir is now, not where it was run: its default journal moved with it
+    cfg = load_sweep_config(sweep_dir / "sweep.yaml", [f"output_dir={json.dumps(str(sweep_dir.parent))}"])
+    if cfg.storage is None and not cfg.journal.is_file():
+        raise ConfigError(f"{sweep_dir}: no {cfg.journal.name} (the sweep never ran, or its storage was elsewhere)")
     try:
-        study = optuna.load_study(study_name=cfg.name, storage=open_storage(url))
+        study = optuna.load_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
     except KeyError:
-        raise ConfigError(f"{sweep_dir}: no sweep '{cfg.name}' in {url}") from None
+        raise ConfigError(f"{sweep_dir}: no sweep '{cfg.name}' in {cfg.storage_url}") from None
     points, poisoned = sweep_points(study)
     run_config = Path(cfg.run) / "config.yaml"
     if not run_config.is_file():
@@ -100,8 +99,9 @@ def _params(p: Point) -> str:
 
 def _weights(p: Point) -> str:
     """The selected model's checkpoint, or why there is none (a sweep with train.keep_last keeps the last)."""
-    path = epoch_weights(Path(p.run_dir or ".") / "checkpoints", p.epoch)
-    return str(path) if p.run_dir and path.is_file() else "not kept (train.keep_last)"
+    if p.run_dir is not None and (path := epoch_weights(Path(p.run_dir) / "checkpoints", p.epoch)).is_file():
+        return str(path)
+    return "not kept (train.keep_last)"
 
 
 def _panels(results: list[SweepResult], asr_threshold: float) -> list[PlanePanel]:

@@ -43,8 +43,13 @@ class SweepConfig(SweepSpec):
         return Path(self.output_dir) / self.name
 
     @property
+    def journal(self) -> Path:
+        """The default storage, a journal file in the sweep dir."""
+        return self.sweep_dir / "journal.log"
+
+    @property
     def storage_url(self) -> str:
-        return self.storage or f"journal:{self.sweep_dir / 'journal.log'}"
+        return self.storage or f"journal:{self.journal}"
 
 
 def load_sweep_config(source: str | Path, overrides: list[str] | None = None) -> SweepConfig:
