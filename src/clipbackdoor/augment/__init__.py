@@ -37,7 +37,9 @@ class ViewMaker:
         t = self.config.text
         self.eda = EDA(t.alpha_sr, t.alpha_ri, t.alpha_rs, t.p_rd)
         if "text_aug" in self.views and t.alpha_sr + t.alpha_ri > 0:
-            wordnet()  # load WordNet (~5 s) now, before training, and before DataLoader workers fork
+            # Load WordNet (~5 s) now, before training: forked DataLoader workers inherit its tables and
+            # open data files of their own (see wordnet()), spawned ones load it themselves.
+            wordnet()
 
     def _epoch(self, epoch: int) -> int:
         return epoch if self.config.fresh_each_epoch else 0

@@ -15,6 +15,10 @@ import shutil
 import warnings
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
 SYSTEM_WORDNET = Path(os.environ.get("CLIPBACKDOOR_WORDNET_DIR", "/usr/share/wordnet"))
 LEXNAMES_MAN = Path("/usr/share/man/man5/lexnames.5WN.gz")
@@ -66,9 +70,31 @@ def install_wordnet(target: Path = DATA_DIR) -> Path:
     return target
 
 
-@cache
-def wordnet():
-    """nltk's WordNet reader over our copy of the Debian database."""
+_reader: WordNetCorpusReader | None = None
+_reader_pid = 0  # the process _reader's data files were opened in (or may be opened in)
+
+
+def wordnet() -> WordNetCorpusReader:
+    """nltk's WordNet reader over our copy of the Debian database, safe to use in the calling process.
+
+    Loaded once per program (~5 s) and kept. A forked child (a DataLoader worker) keeps the in-memory
+    indices it inherited but must not read through the inherited data files: a descriptor copied by fork
+    shares its file offset with the parent and every sibling, so their seek-then-read pairs interleave and
+    nltk warns "No WordNet synset found" and returns None, or parses the wrong line. So the first call in a
+    new process gives the reader files of its own (see :func:`_reopen_in_this_process`).
+    """
+    global _reader, _reader_pid
+    pid = os.getpid()
+    if _reader is None:
+        _reader = _load()
+    elif _reader_pid != pid:
+        _reader = _reopen_in_this_process(_reader)
+    _reader_pid = pid
+    return _reader
+
+
+def _load() -> WordNetCorpusReader:
+    """A new reader: reads the index and exception files into memory (the ~5 s) and opens ``data.adj``."""
     import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
@@ -80,9 +106,24 @@ def wordnet():
         return WordNetCorpusReader(nltk.data.find("corpora/wordnet"), None)
 
 
+def _reopen_in_this_process(reader: WordNetCorpusReader) -> WordNetCorpusReader:
+    """``reader`` (inherited through fork) with its open files forgotten: nltk reopens each lazily, here.
+
+    The inherited handles are dropped, not used: closing them in the child leaves the parent's offset alone.
+    An nltk that keeps its handles elsewhere than these attributes gets a fresh reader (safe, ~5 s).
+    """
+    if not hasattr(reader, "_data_file_map"):
+        return _load()
+    reader._data_file_map = {}  # data.{noun,verb,adj,adv}: seek + readline per synset (adj opened at load)
+    reader._key_count_file = reader._key_synset_file = None  # cntlist.rev, index.sense: opened on demand
+    return reader
+
+
 @cache
 def synonyms(word: str) -> tuple[str, ...]:
-    """WordNet synonyms of ``word`` (all senses, all parts of speech), excluding the word itself."""
+    """WordNet synonyms of ``word`` (all senses, all parts of speech), excluding the word itself.
+
+    Cached per process; entries cached before a fork are inherited, and were read correctly."""
     found: dict[str, None] = {}
     for synset in wordnet().synsets(word):
         for lemma in synset.lemma_names():
