@@ -1,5 +1,9 @@
 """Builds the evaluator a config describes: the labelled set and, with ``eval.attack``, the backdoor;
-with ``eval.retrieval``, image↔text retrieval on a set of pairs as well."""
+with ``eval.retrieval``, image↔text retrieval on a set of pairs as well.
+
+Under a process group every rank builds and calls the evaluator: each encodes its share of the eval sets
+and all ranks return the single-process result, so no rank sits idle while one evaluates.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,17 @@ from clipbackdoor.models import ClipBundle
 Evaluator = Callable[[ClipBundle, torch.device], dict[str, float]]
 
 
-def build_evaluator(cfg: ExperimentConfig, image_size: int, bad_rows: BadRowLog, tokenizer: Callable) -> Evaluator:
+def build_evaluator(
+    cfg: ExperimentConfig,
+    image_size: int,
+    bad_rows: BadRowLog,
+    tokenizer: Callable,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Evaluator:
+    """The evaluator for ``cfg``; with ``world_size > 1`` every rank must build and call it (it runs
+    collectives) and each gets the whole result."""
     dataset = build_labelled_dataset(cfg.data.eval, image_size)
     bad_rows.add(dataset.rows.bad)
     attack, manifest, trigger = None, None, None
@@ -29,7 +43,9 @@ def build_evaluator(cfg: ExperimentConfig, image_size: int, bad_rows: BadRowLog,
                 f"{dataset.classnames[:10]}{'...' if len(dataset.classnames) > 10 else ''}"
             )
         attack = Attack(trigger, dataset.classnames.index(manifest.target))
-    zeroshot = ZeroShotEvaluator(dataset, cfg.eval.batch_size, cfg.data.num_workers, bad_rows, attack)
+    zeroshot = ZeroShotEvaluator(
+        dataset, cfg.eval.batch_size, cfg.data.num_workers, bad_rows, attack, rank=rank, world_size=world_size
+    )
     spec = cfg.eval.retrieval
     if spec is None:
         return zeroshot
@@ -43,6 +59,8 @@ def build_evaluator(cfg: ExperimentConfig, image_size: int, bad_rows: BadRowLog,
         trigger,
         [manifest.target] if manifest else [],
         manifest.target_captions if manifest else [],
+        rank=rank,
+        world_size=world_size,
     )
 
     def both(bundle: ClipBundle, device: torch.device) -> dict[str, float]:

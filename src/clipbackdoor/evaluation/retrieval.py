@@ -4,6 +4,9 @@ Pair i's image should retrieve caption i (image→text) and caption i image i (t
 is the backdoor seen through retrieval: the gallery also holds the attack's target captions, and a
 triggered image (one whose own caption does not name the target) counts as a success at k when a caption
 naming the target is among its k nearest captions.
+
+Under a process group every rank encodes its share of the batches (:class:`EvalShard`); the embeddings are
+then gathered in dataset order, so every rank scores the whole gallery exactly as one process would.
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from clipbackdoor.attacks import Trigger
 from clipbackdoor.attacks.poison import names_target
-from clipbackdoor.data import BadRowLog, PairDataset, collate_skipping_bad
+from clipbackdoor.data import BadRow, BadRowLog, PairDataset
 from clipbackdoor.data.transforms import to_unit
+from clipbackdoor.evaluation.shard import EvalShard
 from clipbackdoor.models import ClipBundle
 
 
@@ -38,6 +41,8 @@ def hit_rate_at_k(similarity: torch.Tensor, wanted: torch.Tensor, ks: Sequence[i
 
 
 class RetrievalEvaluator:
+    """Scores a model on a set of pairs; with ``world_size > 1`` every rank must call it, all get the result."""
+
     def __init__(
         self,
         dataset: PairDataset,
@@ -47,10 +52,14 @@ class RetrievalEvaluator:
         trigger: Trigger | None = None,
         target_names: Sequence[str] = (),
         target_captions: Sequence[str] = (),
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.bad_rows, self.ks = bad_rows, tuple(ks)
         self.trigger, self.target_captions = trigger, list(target_captions)
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skipping_bad)
+        self.shard = EvalShard(rank, world_size)
+        self.loader = self.shard.loader(dataset, batch_size)
         # which pairs' own captions name the target: they are not triggered, and they answer for it (once)
         rows = dataset.rows
         self.names_target = torch.tensor(
@@ -62,35 +71,48 @@ class RetrievalEvaluator:
         model, normalize = bundle.model, bundle.normalize.to(device)
         was_training = model.training
         model.eval()
-        images, texts, triggered, names_it = [], [], [], []
+        dim = model.encode_text(bundle.tokenizer([""]).to(device)).shape[1]  # known even to a rank without a batch
+        target_text = torch.zeros(0, dim, device=device)
+        if self.trigger is not None and self.target_captions:
+            tokens = bundle.tokenizer(self.target_captions).to(device)
+            target_text = model.encode_text(tokens, normalize=True).float()
+        # this rank's rows, by dataset index: [image | text | triggered image | readable | triggered]
+        parts, indices = [torch.zeros(0, 3 * dim + 2, device=device)], [torch.zeros(0, dtype=torch.long)]
+        bad: list[BadRow] = []  # logged after the pass: a rank raising mid-pass would leave the others waiting
         for batch in self.loader:
-            self.bad_rows.add(batch["bad_rows"])
+            bad += batch["bad_rows"]
             if "image" not in batch:
                 continue
             pixels = to_unit(batch["image"].to(device))
-            images.append(model.encode_image(normalize(pixels), normalize=True).float())
-            texts.append(model.encode_text(batch["text"].to(device), normalize=True).float())
+            image = model.encode_image(normalize(pixels), normalize=True).float()
+            text = model.encode_text(batch["text"].to(device), normalize=True).float()
+            triggered = torch.zeros_like(image)
+            chosen = torch.zeros(len(image), dtype=torch.bool, device=device)
             if self.trigger is not None:
-                names = self.names_target[batch["index"]]
-                names_it.append(names)
-                if not names.all():
-                    poisoned = self.trigger.apply(pixels[~names.to(device)], batch["index"][~names])
-                    triggered.append(model.encode_image(normalize(poisoned), normalize=True).float())
+                chosen = ~self.names_target[batch["index"]].to(device)
+                if chosen.any():
+                    poisoned = self.trigger.apply(pixels[chosen], batch["index"][chosen.cpu()])
+                    triggered[chosen] = model.encode_image(normalize(poisoned), normalize=True).float()
+            flags = torch.stack([torch.ones_like(chosen), chosen], dim=1).float()
+            parts.append(torch.cat([image, text, triggered, flags], dim=1))
+            indices.append(batch["index"])
         model.train(was_training)
-        if not images:
+        table = self.shard.rows(len(self.names_target), torch.cat(indices), torch.cat(parts))
+        self.bad_rows.add(self.shard.bad_rows(bad))
+        readable, triggered_rows = table[:, 3 * dim] > 0, table[:, 3 * dim + 1] > 0
+        if not readable.any():
             raise RuntimeError("retrieval set yielded no readable pairs")
-        image, text = torch.cat(images), torch.cat(texts)
+        image, text = table[readable, :dim], table[readable, dim : 2 * dim]
         truth = torch.arange(len(image), device=image.device)
         result: dict[str, float] = {"retrieval_n": len(image)}
         for k, v in recall_at_k(image @ text.T, truth, self.ks).items():
             result[f"retrieval_i2t_r{k}"] = v
         for k, v in recall_at_k(text @ image.T, truth, self.ks).items():
             result[f"retrieval_t2i_r{k}"] = v
-        if self.trigger is not None and triggered:
-            tokens = bundle.tokenizer(self.target_captions).to(device)
-            target_text = model.encode_text(tokens, normalize=True).float()
+        if triggered_rows.any():
             gallery = torch.cat([text, target_text])
-            wanted = torch.cat([*names_it, torch.ones(len(target_text), dtype=torch.bool)]).to(gallery.device)
-            for k, v in hit_rate_at_k(torch.cat(triggered) @ gallery.T, wanted, self.ks).items():
+            wanted = torch.cat([self.names_target[readable.cpu()], torch.ones(len(target_text), dtype=torch.bool)])
+            triggered = table[triggered_rows, 2 * dim : 3 * dim]
+            for k, v in hit_rate_at_k(triggered @ gallery.T, wanted.to(gallery.device), self.ks).items():
                 result[f"retrieval_asr_r{k}"] = v
         return result

@@ -9,6 +9,9 @@ trigger applied to its images whose true class is not the target (the same resiz
 - ASR = share of those triggered images predicted as the target (top-1; top-5: target among the top 5);
 - RA  = share of those triggered images still predicted as their true class.
 Both denominators exclude target-class images (49,950 on ImageNet val), as the field defines them.
+
+Under a process group every rank scores its share of the batches (:class:`EvalShard`) and the counts are
+summed, so all ranks return the single-process result; each rank builds the (small) classifier itself.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from dataclasses import dataclass
 
 import torch
 from open_clip import build_zero_shot_classifier
-from torch.utils.data import DataLoader
 
 from clipbackdoor.attacks import Trigger
-from clipbackdoor.data import BadRowLog, LabelledDataset, collate_skipping_bad
+from clipbackdoor.data import BadRow, BadRowLog, LabelledDataset
 from clipbackdoor.data.transforms import to_unit
+from clipbackdoor.evaluation.shard import EvalShard
 from clipbackdoor.models import ClipBundle
 
 
@@ -71,6 +74,14 @@ class BackdoorTally:
         self.ra1 += topk_correct(logits, labels, (1,))[1]
         self.n += len(labels)
 
+    def counts(self) -> list[int]:
+        """This rank's counts, to be summed over the ranks."""
+        return [self.n, self.asr1, self.asr5, self.ra1]
+
+    def set_counts(self, counts: list[int]) -> None:
+        """Take the counts summed over the ranks."""
+        self.n, self.asr1, self.asr5, self.ra1 = counts
+
     def result(self) -> dict[str, float]:
         pct = 100.0 / max(1, self.n)
         return {
@@ -82,7 +93,10 @@ class BackdoorTally:
 
 
 class ZeroShotEvaluator:
-    """Scores a model on one labelled set; the loader is built once and reused every epoch."""
+    """Scores a model on one labelled set; the loader is built once and reused every epoch.
+
+    With ``world_size > 1`` every rank must call it: each scores its shard and all return the same result.
+    """
 
     def __init__(
         self,
@@ -91,18 +105,15 @@ class ZeroShotEvaluator:
         num_workers: int,
         bad_rows: BadRowLog,
         attack: Attack | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.dataset = dataset
         self.bad_rows = bad_rows
         self.attack = attack
-        self.loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            collate_fn=collate_skipping_bad,
-            persistent_workers=num_workers > 0,
-        )
+        self.shard = EvalShard(rank, world_size)
+        self.loader = self.shard.loader(dataset, batch_size, num_workers)
 
     @torch.no_grad()
     def __call__(self, bundle: ClipBundle, device: torch.device) -> dict[str, float]:
@@ -113,8 +124,9 @@ class ZeroShotEvaluator:
         correct = {1: 0, 5: 0}
         seen = 0
         tally = BackdoorTally(self.attack.target) if self.attack else None
+        bad: list[BadRow] = []  # logged after the pass: a rank raising mid-pass would leave the others waiting
         for batch in self.loader:
-            self.bad_rows.add(batch["bad_rows"])
+            bad += batch["bad_rows"]
             if "image" not in batch:
                 continue
             images = to_unit(batch["image"].to(device, non_blocking=True))
@@ -130,6 +142,12 @@ class ZeroShotEvaluator:
                     logits_t = model.encode_image(normalize(triggered), normalize=True) @ weights
                     tally.add(logits_t.float(), labels[keep])
         model.train(was_training)
+        seen, correct[1], correct[5], *backdoor = self.shard.counts(
+            [seen, correct[1], correct[5], *(tally.counts() if tally else [])], device
+        )
+        if tally is not None:
+            tally.set_counts(backdoor)
+        self.bad_rows.add(self.shard.bad_rows(bad))
         if seen == 0:
             raise RuntimeError("evaluation set yielded no readable images")
         result = {"clean_top1": 100.0 * correct[1] / seen, "clean_top5": 100.0 * correct[5] / seen, "n": seen}
