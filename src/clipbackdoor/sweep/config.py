@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clipbackdoor.config import read_yaml, resolve_yaml, validate_as
+from clipbackdoor.sweep.devices import parse_devices
 from clipbackdoor.sweep.space import ParamSpec
 
 
@@ -33,10 +34,20 @@ class SweepConfig(SweepSpec):
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the sweep dir")
     launcher: list[str] = Field(
         default_factory=list,
-        description="command a trial runs under, e.g. [torchrun, --standalone, --nproc_per_node, '2']",
+        description="command a trial runs under, e.g. [torchrun, --standalone, --nproc_per_node, '2'] "
+        "(with devices_per_trial: 2); default: this Python",
     )
+    devices: list[str] | None = Field(
+        None, description="devices the sweep's trials may use, e.g. [0, 1, 2, 3]; null: every visible GPU"
+    )
+    devices_per_trial: int = Field(1, ge=1, description="devices in each worker's slot (CUDA_VISIBLE_DEVICES)")
     heartbeat_s: float = Field(30.0, gt=0, description="a running trial's worker proves it is alive this often")
     asr_threshold: float = Field(5.0, description="selection: highest CA among points with ASR <= this (%)")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _parse_devices(cls, value: Any) -> Any:
+        return parse_devices(value)  # "0,1,2,3" and [0, 1] too
 
     @property
     def sweep_dir(self) -> Path:

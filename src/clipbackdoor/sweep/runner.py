@@ -14,11 +14,14 @@ no two workers ever run the same trial: a retry of a trial that was only presume
 paused, its heartbeat failed) waits for the lock, then finds the run finished. An interrupted worker
 (Ctrl-C, SIGTERM) queues its own retries on the way out, however often. A sweep is done only when no
 trial is running anywhere, so a sweep restarted right after a crash waits for its lost trials.
+
+Devices. Each worker thread owns a slot of ``devices_per_trial`` devices (sweep/devices.py) and runs its
+trials with ``CUDA_VISIBLE_DEVICES`` set to it; on CPU the slots are just process slots. Several sweep
+processes joining one sweep on one machine must each be given their own ``--devices``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import functools
 import itertools
@@ -28,7 +31,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -44,6 +46,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from clipbackdoor.config import ConfigError, save_config
 from clipbackdoor.sweep.config import SweepConfig
+from clipbackdoor.sweep.devices import Slot, device_slots, resolve_devices, slot_env
+from clipbackdoor.sweep.launch import cli_command, die_with_parent
 from clipbackdoor.sweep.space import as_overrides, grid_space
 from clipbackdoor.train.metrics import read_records
 
@@ -51,10 +55,6 @@ DIRECTIONS = ["maximize", "minimize"]  # clean accuracy, attack success rate
 STALE_AFTER = 3  # heartbeats missed before a running trial counts as lost
 MAX_LOST = 3  # a trial whose worker was lost this often is recorded as failed (it may be what kills them)
 REUSE_LIMIT = 5  # trials per budgeted run, at most, when a sampler keeps proposing evaluated points
-try:  # resolved once here: after fork, a threaded worker's child must not dlopen (the loader lock)
-    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-except OSError:  # not Linux: trials do not follow a killed worker
-    _PRCTL = None
 
 
 class TrialFailed(RuntimeError):
@@ -225,12 +225,6 @@ def trial_points(run_dir: Path) -> list[dict[str, Any]]:
     return points
 
 
-def _die_with_parent() -> None:
-    """In the trial's child: get SIGTERM when the worker dies, even by SIGKILL (Linux prctl)."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @contextmanager
 def _exclusive(lock_path: Path, stopping: threading.Event) -> Iterator[None]:
     """Hold a run directory's lock. Another holder is a trial presumed lost but still running: wait for it."""
@@ -272,10 +266,11 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial, every: float) -> Iterat
 
 
 class Worker:
-    """Runs trials of one sweep until its budget is met; ``threads`` trials at a time."""
+    """Runs trials of one sweep until its budget is met; ``threads`` trials at a time, one per device slot."""
 
     def __init__(self, cfg: SweepConfig, threads: int = 1, worker_index: int = 0):
         self.cfg, self.threads = cfg, threads
+        self.slots = device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, threads)
         self.study = open_study(cfg, worker_index)
         self.stopping = threading.Event()
         self.children: set[subprocess.Popen] = set()
@@ -291,10 +286,12 @@ class Worker:
                 f"[sweep {self.cfg.name}] trials {lost} lost their worker: retried (at most {MAX_LOST} times)",
                 flush=True,
             )
+        if any(self.slots):
+            print(f"[sweep {self.cfg.name}] device slots: {' | '.join(map(','.join, self.slots))}", flush=True)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         pool = ThreadPoolExecutor(self.threads)
         try:
-            for future in [pool.submit(self._loop) for _ in range(self.threads)]:
+            for future in [pool.submit(self._loop, slot) for slot in self.slots]:
                 future.result()
         except KeyboardInterrupt:
             self._terminate()
@@ -315,7 +312,8 @@ class Worker:
         self._terminate()
         raise KeyboardInterrupt
 
-    def _loop(self) -> None:
+    def _loop(self, slot: Slot = ()) -> None:
+        """One worker thread: its trials, one after another, on its own device slot."""
         while not self.stopping.is_set():
             requeue_lost_trials(self.study, self.cfg.heartbeat_s)
             if sweep_done(self.study, self.cfg):
@@ -325,7 +323,7 @@ class Worker:
                 continue
             started: list[int] = []
             try:  # optimize, not ask/tell: the grid sampler stops the study from inside its loop
-                objective = functools.partial(self._objective, started=started)
+                objective = functools.partial(self._objective, started=started, slot=slot)
                 self.study.optimize(objective, n_trials=1, catch=(TrialFailed,))
             except ValueError:  # Optuna cannot tell a trial another worker already failed: that one is fine
                 if not self.taken_over.intersection(started):
@@ -336,7 +334,7 @@ class Worker:
                     if trial.state == TrialState.FAIL and "failure" not in trial.user_attrs:
                         queue_retry(self.study, trial)
 
-    def _objective(self, trial: optuna.Trial, started: list[int]) -> tuple[float, float]:
+    def _objective(self, trial: optuna.Trial, started: list[int], slot: Slot = ()) -> tuple[float, float]:
         started.append(trial._trial_id)
         if self._budget_met_before(trial):
             raise optuna.TrialPruned("the budget was met by earlier trials")
@@ -348,7 +346,7 @@ class Worker:
             trial.set_user_attr("reused_from", earlier.number)
             return tuple(earlier.values)
         try:
-            points = self._run_trial(trial, params)
+            points = self._run_trial(trial, params, slot)
         except TakenOver as err:
             self.taken_over.add(trial._trial_id)
             print(f"[sweep {self.cfg.name}] trial {trial.number}: {err}", flush=True)
@@ -374,17 +372,17 @@ class Worker:
         trials = self.study.get_trials(deepcopy=False)
         return sum(t.number < trial.number and _counts_toward_budget(t) for t in trials) >= budget(self.cfg)
 
-    def _run_trial(self, trial: optuna.Trial, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def _run_trial(self, trial: optuna.Trial, params: dict[str, Any], slot: Slot = ()) -> list[dict[str, Any]]:
         cfg = self.cfg
         run_dir = Path(trial.user_attrs.get("run_dir") or cfg.sweep_dir / "trials" / f"trial-{trial.number:04d}")
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        command = [
-            *(cfg.launcher or [sys.executable]), "-m", "clipbackdoor", "clean", cfg.run,
-            "--defense", cfg.defense, "--name", run_dir.name, f"output_dir={run_dir.parent}",
-            "train.progress=false", *as_overrides(cfg.overrides), *as_overrides(params),
-        ]  # fmt: skip
-        env = dict(os.environ)
+        command = cli_command(
+            cfg.launcher, "clean", cfg.run, "--defense", cfg.defense, "--name", run_dir.name,
+            f"output_dir={run_dir.parent}", "train.progress=false", *as_overrides(cfg.overrides),
+            *as_overrides(params),
+        )  # fmt: skip
+        env = slot_env(os.environ, slot)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.threads)))
         log_path = run_dir.with_suffix(".log")
         with (
@@ -392,13 +390,14 @@ class Worker:
             _exclusive(run_dir.with_suffix(".lock"), self.stopping),
             log_path.open("a") as log,
         ):
-            log.write(f"$ {' '.join(command)}\n")
+            devices = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} " if slot else ""
+            log.write(f"$ {devices}{' '.join(command)}\n")
             log.flush()
             with self.lock:  # a stop that came while this trial was being sampled must not start it
                 if self.stopping.is_set():
                     raise TrialFailed("interrupted before it started")
                 child = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
                 )
                 self.children.add(child)
             code = child.wait()

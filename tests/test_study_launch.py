@@ -1,0 +1,84 @@
+"""The study's pre-training runs as a subprocess under its own launcher, its cleaning trials under theirs."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipbackdoor.cli import main
+from clipbackdoor.config import ConfigError
+from clipbackdoor.study import load_study_config, pretrain_command
+
+from .conftest import tiny_overrides
+from .test_sweep_devices import launched, recording_launcher
+
+
+def write_study(path: Path, fmnist_root: Path, **fields) -> Path:
+    """One tiny objective, one one-point sweep: the stages of the demo study on the tiny data set."""
+    base = dict(o.split("=", 1) for o in tiny_overrides(fmnist_root, path.parent, **{"train.epochs": 1}))
+    for key in ("name", "output_dir", "data.train", "eval.attack"):  # the study sets these itself
+        del base[key]
+    base.update({"poison.source": f"{{source: fashion-mnist, root: {fmnist_root}, max_samples: 64}}",
+                 "poison.num_poisons": "8", "poison.cleaning": "{size: 16}", "poison.image_size": "32"})  # fmt: skip
+    cleaning = {"train.epochs": 1, "train.batch_size": 16, "train.warmup_steps": 1, "train.keep_last": 1}
+    spec = {
+        "name": "tiny-study",
+        "output_dir": str(path.parent),
+        "base": "demo",
+        "overrides": {key: yaml.safe_load(value) for key, value in base.items()},
+        "pretrain": {"mmcl": {"overrides": {"objective": {"mmcl": 1.0}}}},
+        "defenses": {
+            "mmcl-only": {"space": {"train.lr": {"choices": [1e-3]}}, "sampler": "grid", "overrides": cleaning}
+        },
+        **fields,
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_an_old_launcher_key_is_refused_with_its_replacements(tmp_path: Path) -> None:
+    config = write_study(tmp_path / "study.yaml", tmp_path, launcher=["torchrun", "--nproc_per_node", "8"])
+    with pytest.raises(ConfigError, match=r"'launcher' is replaced by 'pretrain_launcher' .*'clean_launcher'"):
+        load_study_config(config)
+    config = write_study(tmp_path / "study.yaml", tmp_path, launcher=[])  # as an older study.yaml holds it
+    assert load_study_config(config).pretrain_launcher == []
+    cfg = load_study_config(config, ["pretrain_launcher=[torchrun, --standalone, --nproc_per_node, '8']"])
+    command = pretrain_command(cfg, "mmcl")
+    assert command[:4] == ["torchrun", "--standalone", "--nproc_per_node", "8"]
+    assert command[4:8] == ["-m", "clipbackdoor", "pretrain", "demo"]
+    assert "name=mmcl" in command and f"output_dir={tmp_path / 'tiny-study' / 'pretrain'}" in command
+    plain = pretrain_command(load_study_config(config), "mmcl")
+    assert plain[:4] == [sys.executable, "-m", "clipbackdoor", "pretrain"]
+
+
+def test_pretraining_runs_under_its_launcher_once_and_is_read_back_after(
+    fmnist_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = write_study(tmp_path / "study.yaml", fmnist_root)
+    root = tmp_path / "tiny-study"
+    failing = json.dumps([sys.executable, "-c", "import sys; print('no GPU here'); sys.exit(3)"])
+    assert main(["study", str(config), f"pretrain_launcher={failing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"pre-training mmcl failed with exit code 3; its output is in {root / 'pretrain' / 'mmcl.log'}" in err
+    assert "no GPU here" in (root / "pretrain" / "mmcl.log").read_text()
+
+    pretrain, pretrained = recording_launcher(tmp_path, "pretrain")
+    clean, cleaned = recording_launcher(tmp_path, "clean")
+    launchers = [f"pretrain_launcher={json.dumps(pretrain)}", f"clean_launcher={json.dumps(clean)}"]
+    assert main(["study", str(config), *launchers]) == 0
+    out = capsys.readouterr().out
+    (run,) = launched(pretrained)
+    assert run["argv"][:4] == ["-m", "clipbackdoor", "pretrain", "demo"] and "name=mmcl" in run["argv"]
+    assert [r["argv"][:3] for r in launched(cleaned)] == [["-m", "clipbackdoor", "clean"]]
+    assert "run directory:" in out and "run directory:" in (root / "pretrain" / "mmcl.log").read_text()  # teed
+    metrics = root / "pretrain" / "mmcl" / "metrics.jsonl"
+    before = metrics.read_text()
+    last = [json.loads(line) for line in before.splitlines() if '"kind": "epoch"' in line][-1]
+    assert f"CA {last['eval/clean_top1']:.2f} %, ASR {last['eval/asr_top1']:.2f} % after epoch 1" in out
+
+    assert main(["study", str(config), *launchers]) == 0  # resumed: the finished run is only read back
+    assert "finished earlier" in capsys.readouterr().out
+    assert len(launched(pretrained)) == 1 and len(launched(cleaned)) == 1
+    assert metrics.read_text() == before
