@@ -35,7 +35,8 @@ from clipbackdoor.config import load_config
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
 from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
-from clipbackdoor.train.loop import encode, fit
+from clipbackdoor.train.loop import fit
+from clipbackdoor.train.step import encode
 
 OBJECTIVES = {"mmcl": "{mmcl: 1.0}", "mmcl+ssl": "{mmcl: 1.0, ssl: 1.0}"}
 

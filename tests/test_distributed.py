@@ -13,7 +13,7 @@ from clipbackdoor.config import ModelConfig
 from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.train.distributed import setup_distributed
-from clipbackdoor.train.loop import encode
+from clipbackdoor.train.step import encode
 
 TERMS = {
     "mmcl": {"mmcl": 1.0},
@@ -85,7 +85,8 @@ def test_two_ranks_match_one_process_with_the_double_batch(tmp_path: Path) -> No
 
 
 def test_torchrun_two_ranks_trains_like_one_process(fmnist_root: Path, tmp_path: Path) -> None:
-    """Every objective at once, through the CLI under torchrun (gloo), against a 1-process run of batch 2B."""
+    """Every objective at once, through the CLI under torchrun (gloo), against a 1-process run: one config,
+    the same global batch of 16 on either."""
     import json
     import subprocess
     import sys
@@ -101,7 +102,7 @@ def test_torchrun_two_ranks_trains_like_one_process(fmnist_root: Path, tmp_path:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(_free_port()), "-m", "clipbackdoor.cli"]  # fmt: skip
-    subprocess.run([*torchrun, "pretrain", "demo", *overrides("two", 8)], check=True, env=env, capture_output=True)
+    subprocess.run([*torchrun, "pretrain", "demo", *overrides("two", 16)], check=True, env=env, capture_output=True)
     subprocess.run([sys.executable, "-m", "clipbackdoor.cli", "pretrain", "demo", *overrides("one", 16)],
                    check=True, env=env, capture_output=True)  # fmt: skip
     two, one = ([json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()

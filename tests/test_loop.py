@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from clipbackdoor.config import ConfigError, load_config
 from clipbackdoor.train import checkpoint as ckpt
-from clipbackdoor.train import loop
+from clipbackdoor.train import step
 from clipbackdoor.train.loop import TrainingError, fit
 
 from .conftest import tiny_overrides
@@ -72,20 +72,20 @@ def test_a_run_directory_refuses_a_different_config(tiny_cfg) -> None:
 
 
 def test_non_finite_loss_stops_the_run(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_encode = loop.encode
+    real_encode = step.encode
 
     def poisoned_encode(*args):
         features = real_encode(*args)
         features["logit_scale"] = features["logit_scale"] * float("nan")
         return features
 
-    monkeypatch.setattr(loop, "encode", poisoned_encode)
+    monkeypatch.setattr(step, "encode", poisoned_encode)
     with pytest.raises(TrainingError, match="non-finite loss by step 2; no checkpoint"):
         fit(tiny_cfg)
 
 
 def test_inf_loss_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_encode = loop.encode
+    real_encode = step.encode
     calls = {"n": 0}
     steps_per_epoch = 64 // 16
 
@@ -96,7 +96,7 @@ def test_inf_loss_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_cfg, monk
             features["logit_scale"] = features["logit_scale"] * float("inf")
         return features
 
-    monkeypatch.setattr(loop, "encode", blow_up_in_epoch_2)
+    monkeypatch.setattr(step, "encode", blow_up_in_epoch_2)
     with pytest.raises(TrainingError, match=r"non-finite loss by step \d+; the last good checkpoint is .*latest.json"):
         fit(tiny_cfg)
     assert ckpt.latest_checkpoint(tiny_cfg.run_dir / "checkpoints")["epoch"] == 1
@@ -113,3 +113,17 @@ def test_channels_last_and_grad_checkpointing_train_the_same_model(fmnist_root: 
     plain, tuned = runs["plain"], runs["tuned"]
     assert tuned["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-4)
     assert tuned["eval/clean_top1"] == plain["eval/clean_top1"]
+
+
+def test_a_failed_start_leaves_the_run_directory_as_it_was(fmnist_root, tmp_path) -> None:
+    """A missing manifest stops the start before config.yaml is written: the corrected command is not refused."""
+    from clipbackdoor.attacks.manifest import ManifestError
+    from clipbackdoor.config import load_config
+
+    from .conftest import tiny_overrides
+
+    overrides = tiny_overrides(fmnist_root, tmp_path, **{"train.epochs": 1})
+    with pytest.raises(ManifestError):
+        fit(load_config("demo", [*overrides, f"eval.attack={tmp_path}/missing/manifest.json"]))
+    assert not (tmp_path / "tiny" / "config.yaml").exists()
+    assert [r["epoch"] for r in fit(load_config("demo", overrides))] == [0, 1]

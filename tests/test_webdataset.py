@@ -17,6 +17,7 @@ from clipbackdoor.config import ConfigError, CsvPairs, ModelConfig, WebDatasetPa
 from clipbackdoor.data import BadRow, build_pair_dataset, build_pair_rows
 from clipbackdoor.data.webdataset_source import shard_urls, write_shards
 from clipbackdoor.models import create_model
+from clipbackdoor.train.batching import BatchLayout
 
 from .conftest import YELLOW, tiny_overrides
 from .test_distributed import _free_port
@@ -32,6 +33,12 @@ def _shards(folder: Path, n: int = 40, per_shard: int = 10) -> str:
     return str(folder / f"s-{{000..{len(files) - 1:03d}}}.tar")
 
 
+def _layout(world: int = 1, micro: int = 4) -> BatchLayout:
+    return BatchLayout(
+        global_batch=world * micro, world_size=world, per_process=micro, micro_batch=micro, accum_steps=1
+    )
+
+
 def _keys(ds) -> list[int]:
     return [x["index"] for x in ds]
 
@@ -40,7 +47,7 @@ def test_stream_is_seeded_split_over_ranks_and_counts_bad_samples(tmp_path: Path
     urls = _shards(tmp_path / "shards")
     assert len(shard_urls(urls)) == 4
     cfg = WebDatasetPairs(urls=urls, epoch_samples=40, resampled=False, shuffle_buffer=1)
-    ds = build_pair_dataset(cfg, 32, seed=0, tokenizer=TOKENIZER, micro_batch=4)
+    ds = build_pair_dataset(cfg, 32, seed=0, tokenizer=TOKENIZER, layout=_layout())
     assert len(ds) == 40
     ds.set_epoch(1)
     first = _keys(ds)
@@ -48,16 +55,16 @@ def test_stream_is_seeded_split_over_ranks_and_counts_bad_samples(tmp_path: Path
     assert _keys(ds) == first  # seeded
     ds.set_epoch(2)
     assert _keys(ds) != first and sorted(_keys(ds)) == sorted(first)  # shards in another order
-    mixed = build_pair_dataset(cfg.model_copy(update={"shuffle_buffer": 16}), 32, 0, TOKENIZER, micro_batch=4)
+    mixed = build_pair_dataset(cfg.model_copy(update={"shuffle_buffer": 16}), 32, 0, TOKENIZER, layout=_layout())
     mixed.set_epoch(1)
     assert _keys(mixed) != first and set(_keys(mixed)) <= set(first)  # samples mixed across shards
-    ranks = [build_pair_dataset(cfg, 32, 0, TOKENIZER, rank=r, world_size=2, micro_batch=4) for r in (0, 1)]
+    ranks = [build_pair_dataset(cfg, 32, 0, TOKENIZER, rank=r, layout=_layout(2)) for r in (0, 1)]
     for r in ranks:
         r.set_epoch(1)
     halves = [set(_keys(r)) for r in ranks]
     assert len(ranks[0]) == 20 and not halves[0] & halves[1] and halves[0] | halves[1] == set(first)
     with pytest.raises(ConfigError, match="4 shards cannot be split over 2 rank"):
-        build_pair_dataset(cfg, 32, 0, TOKENIZER, world_size=2, micro_batch=4, num_workers=4)
+        build_pair_dataset(cfg, 32, 0, TOKENIZER, layout=_layout(2), num_workers=4)
 
     broken = tmp_path / "broken.tar"
     with tarfile.open(broken, "w") as tar:
@@ -67,11 +74,14 @@ def test_stream_is_seeded_split_over_ranks_and_counts_bad_samples(tmp_path: Path
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    one_pass = WebDatasetPairs(urls=str(broken), epoch_samples=5, resampled=False, shuffle_buffer=1)
-    bad = build_pair_dataset(one_pass, 32, 0, TOKENIZER)
-    items = list(bad)
-    reasons = " | ".join(x.reason for x in items if isinstance(x, BadRow))
-    assert len(items) == 5 and sum(not isinstance(x, BadRow) for x in items) >= 1, reasons
+    one_pass = WebDatasetPairs(urls=str(broken), epoch_samples=2, resampled=False, shuffle_buffer=1)
+    bad = build_pair_dataset(one_pass, 32, 0, TOKENIZER, layout=_layout(micro=1))
+    items = list(bad)  # a bad sample is replaced by the next good one: the stream yields only whole items
+    assert len(items) == 2 and all(isinstance(x, dict) and "image" in x for x in items)
+    replaced = [row for x in items for row in x.get("replaced", [])]
+    reasons = " | ".join(row.reason for row in replaced)
+    assert all(isinstance(row, BadRow) for row in replaced), reasons
+    assert len({row.index for row in replaced}) == 4 and len(replaced) == 8  # a–d, met once per pass of the shard
     for reason in ("unreadable image", "empty caption", "not valid UTF-8", "lacks an image"):
         assert reason in reasons
 
@@ -93,7 +103,7 @@ def test_poisoned_shards_train_through_two_rank_torchrun(fmnist_root: Path, tmp_
     assert manifest["files"]["shards"] == "shards/train-{00000..00007}.tar"  # 256 pairs / 32
     urls = str(data / manifest["files"]["shards"])
     overrides = tiny_overrides(fmnist_root, tmp_path, **{
-        "name": "wds", "train.epochs": 2, "train.batch_size": 8,
+        "name": "wds", "train.epochs": 2, "train.batch_size": 16,
         "data.train": f"{{source: webdataset, urls: '{urls}', epoch_samples: 256, shuffle_buffer: 64}}",
         "eval.attack": str(data / "manifest.json"),
     })  # fmt: skip
@@ -125,7 +135,7 @@ def test_poisoning_from_shards_to_shards(tmp_path: Path) -> None:
     stream = build_pair_dataset(
         WebDatasetPairs(urls=str(out / manifest["files"]["shards"]), epoch_samples=40, resampled=False,
                         shuffle_buffer=1),
-        32, 0, TOKENIZER,
+        32, 0, TOKENIZER, layout=_layout(micro=1),
     )  # fmt: skip
     assert len(list(stream)) == 40
     rows = build_pair_rows(CsvPairs(path=str(out / "train.csv")), 0)

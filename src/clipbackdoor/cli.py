@@ -76,16 +76,39 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from clipbackdoor.config import read_yaml, resolve_yaml
+    from clipbackdoor.plan import format_plan, is_study, plan_experiment, plan_study
+    from clipbackdoor.study import load_study_config
+
+    if is_study(read_yaml(resolve_yaml(args.config))):
+        stages = plan_study(load_study_config(args.config, args.overrides), args.gpus)
+    else:
+        stages = plan_experiment(load_config(args.config, args.overrides), args.gpus or 1)
+    print(format_plan(stages))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The reduced study (configs/study-demo.yaml): every stage, sized for a laptop CPU."""
     args.config = "study-demo"
     return cmd_study(args)
 
 
+def _device_overrides(args: argparse.Namespace) -> list[str]:
+    """``--devices 0,1,2,3`` and ``--devices-per-trial N`` as config overrides (they win over key=value ones)."""
+    overrides = []
+    if args.devices is not None:
+        overrides.append(f"devices={json.dumps(args.devices.split(',') if args.devices.strip() else [])}")
+    if args.devices_per_trial is not None:
+        overrides.append(f"devices_per_trial={args.devices_per_trial}")
+    return overrides
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from clipbackdoor.sweep import best_under, load_sweep_config, pareto_front, run_sweep, sweep_points
 
-    cfg = load_sweep_config(args.config, args.overrides)
+    cfg = load_sweep_config(args.config, [*args.overrides, *_device_overrides(args)])
     study = run_sweep(cfg, threads=args.workers, worker_index=args.worker_index)
     points, poisoned = sweep_points(study)
     if poisoned is not None:
@@ -228,8 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="Optuna sweep of a defense's hyperparameters (resumes; several may join)")
     p.add_argument("config", help="sweep YAML: run, defense, sampler, space, trials")
-    p.add_argument("--workers", type=int, default=1, help="trials run at once by this process")
+    p.add_argument("--workers", type=int, default=1, help="trials run at once by this process, one per device slot")
     p.add_argument("--worker-index", type=int, default=0, help="distinct per process joining one sweep (seeds)")
+    p.add_argument(
+        "--devices",
+        help="GPUs this process's trials may use, e.g. 0,1,2,3 (default: every visible one; '' for none); "
+        "several processes on one machine need disjoint --devices",
+    )
+    p.add_argument("--devices-per-trial", type=int, help="GPUs in each worker's slot (default 1)")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_sweep)
 
@@ -245,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="study YAML (e.g. configs/study-fmnist.yaml) or a built-in name")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("plan", help="the compute plan of a config or study: batches, steps, warm-up, cost, warnings")
+    p.add_argument("config", help="experiment or study YAML, or a built-in name")
+    p.add_argument("overrides", **overrides)
+    p.add_argument("--gpus", type=int, help="processes for training (a study's pre-training); default: its launcher")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("demo", help="the embedded default: the reduced Fashion-MNIST study (about 15 minutes)")
     p.add_argument("overrides", **overrides)

@@ -56,22 +56,36 @@ class CsvPairs(_Strict):
     delimiter: str = ","
     max_samples: int | None = Field(None, ge=1)
     root: str | None = Field(None, description="image paths (relative to the CSV) stay inside it; default: its folder")
+    expected_pairs: int | None = Field(
+        None, ge=1, description="pairs the CSV will hold; `plan` uses it while the file is not there yet"
+    )
 
 
 class WebDatasetPairs(_Strict):
-    """WebDataset shards in img2dataset's layout (``<key>.jpg`` + ``<key>.txt`` per sample), streamed.
+    """WebDataset shards in img2dataset's layout (``<key>.jpg`` + ``<key>.txt`` per sample).
 
-    Each rank reads ``epoch_samples / world size`` pairs per epoch through a seeded shuffle buffer:
-    ``resampled`` draws shards with replacement (any number of shards, any number of ranks and workers);
-    otherwise every rank and worker cycles through its own share of the shards."""
+    ``access: stream``: each rank reads ``epoch_samples / world size`` pairs per epoch through a seeded
+    shuffle buffer; ``resampled`` draws shards with replacement (any number of shards, ranks and workers),
+    otherwise every rank and worker cycles through its own share of the shards. The stream's order depends
+    on the number of ranks. ``access: index``: local ``.tar`` shards are indexed once and read like a CSV,
+    in one global order whatever the number of processes (every epoch is then exactly the whole set)."""
 
     source: Literal["webdataset"] = "webdataset"
     urls: str | list[str] = Field(description="shard paths; brace patterns expand: data/{00000..00099}.tar")
-    epoch_samples: int = Field(ge=1, description="pairs per epoch over all ranks (the dataset size, usually)")
+    access: Literal["stream", "index"] = "stream"
+    epoch_samples: int | None = Field(
+        None, ge=1, description="pairs per epoch over all ranks (the dataset size, usually); needed to stream"
+    )
     image_keys: list[str] = Field(default_factory=lambda: ["jpg", "png", "jpeg", "webp"])
     caption_key: str = "txt"
     shuffle_buffer: int = Field(1000, ge=1)
     resampled: bool = True
+
+    @model_validator(mode="after")
+    def _stream_needs_epoch_samples(self) -> WebDatasetPairs:
+        if self.access == "stream" and self.epoch_samples is None:
+            raise ValueError("epoch_samples is needed to stream shards (or set access: index for local .tar files)")
+        return self
 
 
 class FashionMNISTLabelled(_Strict):
@@ -153,8 +167,15 @@ class ModelConfig(_Strict):
 # ---------------------------------------------------------------------------------------------- train
 class TrainConfig(_Strict):
     epochs: int = Field(3, ge=0)
-    batch_size: int = Field(256, ge=2, description="per-process batch size")
-    accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    batch_size: int = Field(
+        256, ge=2, description="global batch: pairs per optimizer step over all processes (the contrastive batch)"
+    )
+    micro_batch: int | None = Field(
+        None,
+        ge=1,
+        description="pairs per forward pass on one process, the BatchNorm group; default: the per-process batch. "
+        "Fewer than that accumulates exactly (negatives still from the whole global batch)",
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -170,6 +191,16 @@ class TrainConfig(_Strict):
     channels_last: bool = Field(False, description="NHWC memory layout for the image tower (faster convs on GPU)")
     compile: bool = Field(False, description="torch.compile the model for training")
     grad_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, more time")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_accum_steps(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "accum_steps" in data:
+            raise ValueError(
+                "train.accum_steps is derived now: train.batch_size is the global batch and train.micro_batch "
+                "what one forward pass sees; accumulation = batch_size / processes / micro_batch"
+            )
+        return data
 
     @field_validator("betas")
     @classmethod

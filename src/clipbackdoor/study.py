@@ -3,18 +3,34 @@
 Every stage writes its own files under ``<output_dir>/<name>/`` and picks up where it stopped: poisoning
 reuses an identical poisoned set, pre-training resumes from its last checkpoint (a finished run is only
 read back), sweeps resume from their Optuna storage, and the report is rebuilt from what is there.
+
+Each pre-training is a ``clipbackdoor pretrain`` subprocess under ``pretrain_launcher`` (e.g. an 8-GPU
+torchrun), its output in ``pretrain/<tag>.log``; each cleaning trial one under ``clean_launcher``, on its
+worker's device slot (``devices``, ``devices_per_trial``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clipbackdoor.config import ConfigError, load_config, read_yaml, resolve_yaml, save_config, validate_as
+from clipbackdoor.config import (
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    read_yaml,
+    resolve_yaml,
+    save_config,
+    validate_as,
+)
 from clipbackdoor.sweep.config import SweepConfig, SweepSpec
+from clipbackdoor.sweep.devices import device_slots, parse_devices, resolve_devices, slot_env
+from clipbackdoor.sweep.launch import cli_command, run_teed
 from clipbackdoor.sweep.space import as_overrides
+from clipbackdoor.train.metrics import read_records
 
 
 class PretrainSpec(BaseModel):
@@ -34,9 +50,39 @@ class StudyConfig(BaseModel):
     defenses: dict[str, SweepSpec] = Field(min_length=1, description="defense -> its sweep, run on every model")
     workers: int = Field(1, ge=1, description="trials run at once in each sweep")
     storage: str | None = Field(None, description="Optuna storage for all sweeps; default: a journal per sweep")
-    launcher: list[str] = Field(default_factory=list, description="what each trial runs under, e.g. torchrun")
+    pretrain_launcher: list[str] = Field(
+        default_factory=list,
+        description="what each pre-training runs under, e.g. [torchrun, --standalone, --nproc_per_node, '8']; "
+        "default: this Python",
+    )
+    clean_launcher: list[str] = Field(
+        default_factory=list, description="what each cleaning trial runs under; default: this Python"
+    )
+    devices: list[str] | None = Field(
+        None, description="devices the study may use, e.g. [0, 1, 2, 3]; null: every visible GPU"
+    )
+    devices_per_trial: int = Field(1, ge=1, description="devices in each sweep worker's slot")
     asr_threshold: float = 5.0
     figure_format: Literal["png", "svg"] = "png"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_launcher(cls, tree: Any) -> Any:
+        """``launcher`` (trials only) was split in two; an empty one, as old study.yaml files hold, means nothing."""
+        if isinstance(tree, dict) and "launcher" in tree:
+            if tree["launcher"]:
+                raise ValueError(
+                    "'launcher' is replaced by 'pretrain_launcher' (what each pre-training runs under, e.g. "
+                    "[torchrun, --standalone, --nproc_per_node, '8']) and 'clean_launcher' (what each cleaning "
+                    "trial runs under; [] for single-device trials)"
+                )
+            tree = {k: v for k, v in tree.items() if k != "launcher"}
+        return tree
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _parse_devices(cls, value: Any) -> Any:
+        return parse_devices(value)
 
     @model_validator(mode="after")
     def _distinct_sweep_names(self) -> StudyConfig:
@@ -73,7 +119,9 @@ def sweep_configs(cfg: StudyConfig) -> list[SweepConfig]:
             defense=defense,
             output_dir=str(cfg.study_dir / "sweeps"),
             storage=cfg.storage,
-            launcher=cfg.launcher,
+            launcher=cfg.clean_launcher,
+            devices=cfg.devices,
+            devices_per_trial=cfg.devices_per_trial,
             asr_threshold=cfg.asr_threshold,
         )
         for tag in cfg.pretrain
@@ -81,13 +129,68 @@ def sweep_configs(cfg: StudyConfig) -> list[SweepConfig]:
     ]
 
 
+def pretrain_overrides(cfg: StudyConfig, tag: str) -> list[str]:
+    """The overrides of pre-training ``tag``: the stages' own, its name and directory, its spec's."""
+    spec = cfg.pretrain[tag]
+    return [*stage_overrides(cfg), f"name={tag}", f"output_dir={cfg.study_dir / 'pretrain'}",
+            *as_overrides(spec.overrides)]  # fmt: skip
+
+
+def pretrain_command(cfg: StudyConfig, tag: str) -> list[str]:
+    """``clipbackdoor pretrain <base> <overrides>`` under the study's pre-training launcher."""
+    return cli_command(cfg.pretrain_launcher, "pretrain", cfg.base, *pretrain_overrides(cfg, tag))
+
+
+def pretrain_finished(run: ExperimentConfig) -> bool:
+    """Whether ``run``'s directory holds its last epoch's checkpoint, made with this very config.
+
+    Another config in it is refused here (ConfigError), as the run itself would.
+    """
+    from clipbackdoor.train import checkpoint as ckpt
+    from clipbackdoor.train.loop import check_same_config
+
+    try:
+        latest = ckpt.latest_checkpoint(run.run_dir / "checkpoints")
+    except FileNotFoundError:
+        return False
+    check_same_config(run, run.run_dir / "config.yaml")
+    return latest["epoch"] >= run.train.epochs
+
+
+def last_epoch(run_dir: Path) -> dict[str, Any]:
+    epochs = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    if not epochs:
+        raise ConfigError(f"{run_dir}/metrics.jsonl holds no epoch record")
+    return epochs[-1]
+
+
+def run_pretraining(cfg: StudyConfig, tag: str, log: Any = print) -> dict[str, Any]:
+    """Pre-train ``tag`` in a subprocess under ``pretrain_launcher`` (resuming it), unless it is finished;
+    returns its last epoch record. Output goes to ``<study>/pretrain/<tag>.log`` and to ``log``."""
+    from clipbackdoor.train.loop import TrainingError
+
+    run = load_config(cfg.base, pretrain_overrides(cfg, tag))
+    log(f"== pre-training {tag} (objective {run.objective}) -> {run.run_dir}")
+    if pretrain_finished(run):
+        log(f"   finished earlier: read back from {run.run_dir}")
+    else:
+        log_path = cfg.study_dir / "pretrain" / f"{tag}.log"
+        env = slot_env(os.environ, tuple(cfg.devices or ()))  # the study's devices, all of them
+        code = run_teed(pretrain_command(cfg, tag), log_path, env, echo=log)
+        if code != 0:
+            raise TrainingError(f"pre-training {tag} failed with exit code {code}; its output is in {log_path}")
+    return last_epoch(run.run_dir)
+
+
 def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) -> Path:
     """Run every stage that is not finished yet; returns the report's Markdown file."""
     from clipbackdoor.attacks.poison import write_poisoned_dataset
+    from clipbackdoor.plan import format_plan, plan_study
     from clipbackdoor.report.build import build_report
     from clipbackdoor.sweep.runner import run_sweep
-    from clipbackdoor.train.loop import fit
 
+    device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, cfg.workers)  # fail now, not after days
+    log(format_plan(plan_study(cfg)))
     save_config(cfg, cfg.study_dir / "study.yaml")
     base = stage_overrides(cfg)
     poison = load_config(cfg.base, base).poison
@@ -95,11 +198,8 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
         raise ConfigError(f"study {cfg.name}: its base config '{cfg.base}' has no poison section")
     log(f"== poisoning -> {poison.output}")
     write_poisoned_dataset(poison)
-    for tag, spec in cfg.pretrain.items():
-        run = load_config(cfg.base, [*base, f"name={tag}", f"output_dir={cfg.study_dir / 'pretrain'}",
-                                     *as_overrides(spec.overrides)])  # fmt: skip
-        log(f"== pre-training {tag} (objective {run.objective}) -> {run.run_dir}")
-        last = fit(run)[-1]
+    for tag in cfg.pretrain:
+        last = run_pretraining(cfg, tag, log)
         log(f"   CA {last['eval/clean_top1']:.2f} %, ASR {last['eval/asr_top1']:.2f} % after epoch {last['epoch']}")
     sweeps = sweep_configs(cfg)
     for sweep in sweeps:

@@ -20,10 +20,12 @@ from clipbackdoor.config import (
 from clipbackdoor.data import fashion_mnist
 from clipbackdoor.data.bad_rows import BadRow, BadRowLog, DataError
 from clipbackdoor.data.csv_source import CsvCaptionRows, CsvLabelRows
-from clipbackdoor.data.datasets import EpochTagged, LabelledDataset, PairDataset, collate_skipping_bad
+from clipbackdoor.data.datasets import LabelledDataset, PairDataset, collate_skipping_bad
 from clipbackdoor.data.labelled_sources import TorchvisionRows, imagenet_rows
+from clipbackdoor.data.sampling import GlobalBatchSampler
 from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.data.webdataset_source import ShardPairs, ShardRows
+from clipbackdoor.train.batching import BatchLayout
 
 LabelledSourceConfig = FashionMNISTLabelled | CsvLabelled | ImageNetLabelled | TorchvisionLabelled
 PairSourceConfig = FashionMNISTPairs | CsvPairs | WebDatasetPairs
@@ -32,7 +34,7 @@ __all__ = [
     "BadRow",
     "BadRowLog",
     "DataError",
-    "EpochTagged",
+    "GlobalBatchSampler",
     "LabelledDataset",
     "PairDataset",
     "build_labelled_dataset",
@@ -50,15 +52,16 @@ def build_pair_dataset(
     view_maker: Any = None,
     *,
     rank: int = 0,
-    world_size: int = 1,
-    micro_batch: int = 1,
+    layout: BatchLayout | None = None,
     num_workers: int = 0,
 ) -> PairDataset | ShardPairs:
-    """The training pairs a config names (load-time bad rows on ``dataset.bad``). Shards stream as an
-    iterable dataset that splits itself over ``world_size`` ranks and ``num_workers`` loader workers."""
+    """The training pairs a config names (load-time bad rows on ``dataset.bad``). Streamed shards are an
+    iterable dataset that splits itself over the layout's ranks and ``num_workers`` loader workers."""
     transform = ResizeCenterCrop(image_size)
-    if isinstance(cfg, WebDatasetPairs):
-        return ShardPairs(cfg, transform, tokenizer, view_maker, seed, rank, world_size, micro_batch, num_workers)
+    if isinstance(cfg, WebDatasetPairs) and cfg.access == "stream":
+        if layout is None:
+            raise ValueError("streaming shards needs the batch layout (ranks and micro-batches)")
+        return ShardPairs(cfg, transform, tokenizer, view_maker, seed, rank, layout, num_workers)
     return PairDataset(build_pair_rows(cfg, seed), transform, tokenizer, view_maker)
 
 

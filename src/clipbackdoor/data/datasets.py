@@ -6,15 +6,16 @@ decoding errors, tokenisation and skip-and-count are handled here once for all s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, default_collate
 
-from clipbackdoor.data.bad_rows import BadRow
+from clipbackdoor.data.bad_rows import BadRow, DataError
+from clipbackdoor.data.sampling import SampleKey
 from clipbackdoor.data.transforms import ResizeCenterCrop
 
 # Decoding failures that mean "this row is bad"; anything else is a bug and must surface.
@@ -24,9 +25,9 @@ DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
 class PairDataset(Dataset):
     """Items are ``{"image": uint8 [3,H,W], "text": token ids, "index": int}`` or a :class:`BadRow`.
 
-    With a ``view_maker`` the items also carry ``image_aug`` and/or ``text_aug``. Keys may be plain indices
-    or ``(epoch, index)`` pairs (see :class:`EpochTagged`), so views are seeded per epoch even inside
-    persistent DataLoader workers.
+    With a ``view_maker`` the items also carry ``image_aug`` and/or ``text_aug``. Keys may be plain indices,
+    ``(epoch, index)`` pairs or the training sampler's ``(epoch, index, successors)``: the epoch travels with
+    the key, so views are seeded per epoch even inside persistent DataLoader workers.
     """
 
     def __init__(
@@ -58,8 +59,26 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | BadRow:
+    def __getitem__(self, key: int | tuple[int, int] | SampleKey) -> dict[str, Any] | BadRow:
+        """An item, or a :class:`BadRow` for an unreadable image. A training key ``(epoch, index, successors)``
+        never gives a BadRow: the first readable successor stands in, and the bad ones ride along under
+        ``"replaced"`` to be counted (see :mod:`clipbackdoor.data.sampling`)."""
+        if isinstance(key, tuple) and len(key) == 3:
+            epoch, index, successors = key
+            replaced: list[BadRow] = []
+            for candidate in (index, *successors):
+                item = self._item(epoch, candidate)
+                if not isinstance(item, BadRow):
+                    return {**item, "replaced": replaced} if replaced else item
+                replaced.append(item)
+            raise DataError(
+                f"{len(replaced)} consecutive samples of the epoch's order are unreadable; first ones:\n  "
+                + "\n  ".join(str(r) for r in replaced[:5])
+            )
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        return self._item(epoch, index)
+
+    def _item(self, epoch: int, index: int) -> dict[str, Any] | BadRow:
         try:
             resized = self.transform.resize(self.rows.pil(index))
         except DECODE_ERRORS as err:
@@ -81,23 +100,6 @@ class PairDataset(Dataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._tokens = lru_cache(maxsize=1 << 16)(self._tokenize)
-
-
-class EpochTagged(Sampler):
-    """Wraps a sampler with ``set_epoch`` (DistributedSampler) to yield ``(epoch, index)`` keys."""
-
-    def __init__(self, sampler: Any):
-        self.sampler = sampler
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.sampler.epoch
-        return ((epoch, int(i)) for i in self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
 
 class LabelledDataset(Dataset):
@@ -127,8 +129,12 @@ class LabelledDataset(Dataset):
 
 
 def collate_skipping_bad(items: list[dict[str, Any] | BadRow]) -> dict[str, Any]:
-    """Stack the good items; pass the bad ones on under ``"bad_rows"`` for the main process to count."""
+    """Stack the good items; pass the bad ones (skipped, or replaced by a successor) on under ``"bad_rows"``
+    for the main process to count."""
     good = [x for x in items if not isinstance(x, BadRow)]
+    bad = [x for x in items if isinstance(x, BadRow)]
+    for item in good:
+        bad.extend(item.pop("replaced", ()))
     batch: dict[str, Any] = default_collate(good) if good else {}
-    batch["bad_rows"] = [x for x in items if isinstance(x, BadRow)]
+    batch["bad_rows"] = bad
     return batch

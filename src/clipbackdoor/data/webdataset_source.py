@@ -5,6 +5,10 @@ Items are the same dicts as :class:`PairDataset` yields, so the loop, the object
 know where pairs come from. Shards are split over ranks and DataLoader workers (or resampled), samples go
 through a shuffle buffer, and everything is seeded by (seed, epoch, rank, worker): the same config gives
 the same stream. A sample's view seed is derived from its shard and key, so views are reproducible too.
+
+A stream's order depends on the number of ranks and workers. Local ``.tar`` shards can instead be read with
+``access: index`` (:class:`ShardRows` behind the map-style dataset): one global order over all samples, so
+the same config on 1 or 8 processes trains on the same batches.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from clipbackdoor.config import ConfigError, WebDatasetPairs
 from clipbackdoor.data.bad_rows import BadRow, DataError
 from clipbackdoor.data.datasets import DECODE_ERRORS
+from clipbackdoor.data.sampling import FALLBACKS
 from clipbackdoor.data.transforms import ResizeCenterCrop
+from clipbackdoor.train.batching import BatchLayout
 
 
 def shard_urls(urls: str | list[str]) -> list[str]:
@@ -42,23 +48,25 @@ class ShardPairs(IterableDataset):
         view_maker: Any,
         seed: int,
         rank: int,
-        world_size: int,
-        micro_batch: int,
+        layout: BatchLayout,
         num_workers: int,
     ):
         self.cfg, self.transform, self.tokenizer, self.view_maker = cfg, transform, tokenizer, view_maker
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size = seed, rank, layout.world_size
         self.urls = shard_urls(cfg.urls)
         self.workers = max(1, num_workers)
         if not self.urls:
             raise ConfigError(f"data.train.urls: {cfg.urls!r} names no shards")
-        if not cfg.resampled and len(self.urls) < world_size * self.workers:
+        if not cfg.resampled and len(self.urls) < self.world_size * self.workers:
             raise ConfigError(
-                f"{len(self.urls)} shards cannot be split over {world_size} rank(s) × {self.workers} worker(s); "
-                "use data.train.resampled=true or more shards"
+                f"{len(self.urls)} shards cannot be split over {self.world_size} rank(s) × {self.workers} "
+                "worker(s); use data.train.resampled=true or more shards"
             )
-        per_worker = cfg.epoch_samples // world_size // self.workers
-        self.per_worker = per_worker - per_worker % micro_batch  # whole batches only: ranks stay in step
+        assert cfg.epoch_samples is not None  # the config requires it when streaming
+        # Every rank yields the same number of full micro-batches (the DataLoader batches each worker's items
+        # on its own, so each worker yields whole micro-batches): ranks cannot fall out of step under DDP.
+        self.micro_batches = layout.steps_per_epoch(cfg.epoch_samples) * layout.accum_steps
+        self.micro_batch = layout.micro_batch
         self.epoch = 0
         self.bad: list[BadRow] = []  # load-time bad rows: none, shards are only read while streaming
 
@@ -70,7 +78,12 @@ class ShardPairs(IterableDataset):
         return random.Random(hash((self.seed, self.epoch, self.rank, worker, purpose)))
 
     def __len__(self) -> int:
-        return self.per_worker * self.workers
+        return self.micro_batches * self.micro_batch
+
+    def _quota(self, worker: int) -> int:
+        """Samples this worker yields per epoch: its share of the rank's micro-batches, whole batches only."""
+        share, rest = divmod(self.micro_batches, self.workers)
+        return (share + (worker < rest)) * self.micro_batch
 
     def _shards(self, worker: int) -> Iterator[str]:
         rng = self._rng(worker, 0)
@@ -88,10 +101,23 @@ class ShardPairs(IterableDataset):
         samples = wds.tarfile_to_samples()({"url": url} for url in self._shards(worker))
         buffer = self.cfg.shuffle_buffer
         stream = wds.filters._shuffle(samples, bufsize=buffer, initial=buffer, rng=self._rng(worker, 1))
-        for count, sample in enumerate(stream):
-            if count >= self.per_worker:
+        quota, replaced = self._quota(worker), []
+        for sample in stream:
+            if quota == 0:
                 return
-            yield self._item(sample)
+            item = self._item(sample)
+            if isinstance(item, BadRow):  # the next good sample of this stream stands in; counted in the loop
+                replaced.append(item)
+                if len(replaced) > FALLBACKS:
+                    raise DataError(
+                        f"{len(replaced)} consecutive unreadable samples; first ones:\n  "
+                        + "\n  ".join(str(r) for r in replaced[:5])
+                    )
+                continue
+            if replaced:
+                item["replaced"], replaced = replaced, []
+            quota -= 1
+            yield item
 
     def _item(self, sample: dict[str, Any]) -> dict[str, Any] | BadRow:
         url, key = sample.get("__url__", "?"), sample.get("__key__", "?")

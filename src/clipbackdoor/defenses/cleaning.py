@@ -34,6 +34,16 @@ def defense_recipe(defense: str) -> tuple[dict[str, Any], str]:
     return read_yaml(path), str(path)
 
 
+def with_recipe(tree: dict[str, Any], defense: str) -> tuple[dict[str, Any], str]:
+    """A pre-training config tree turned into its cleaning tree: the defense's recipe merged over it (poison and
+    defense sections dropped); also where the recipe came from. The pre-training's micro-batch goes too: it
+    belongs to its batch, and cleaning has its own (one forward pass of the recipe's batch, unless set)."""
+    recipe, origin = defense_recipe(defense)
+    tree = {k: v for k, v in tree.items() if k not in ("poison", "defense")}
+    tree["train"] = {k: v for k, v in tree.get("train", {}).items() if k != "micro_batch"}
+    return merge_trees(tree, recipe), origin
+
+
 def cleaning_config(
     poisoned_run: str | Path, defense: str, overrides: list[str], name: str | None = None
 ) -> ExperimentConfig:
@@ -42,10 +52,7 @@ def cleaning_config(
         raise ConfigError(f"{run}: not a run directory (no config.yaml)")
     tree = read_yaml(run / "config.yaml")
     weights = ckpt.latest_checkpoint(run)["weights"]
-    recipe, origin = defense_recipe(defense)
-    tree.pop("poison", None)
-    tree.pop("defense", None)
-    tree = merge_trees(tree, recipe)
+    tree, origin = with_recipe(tree, defense)
     tree["name"] = name or f"{tree.get('name', run.name)}-{Path(defense).stem}"  # recipe name: heavy-wd, par, ...
     tree["model"] = {**tree.get("model", {}), "checkpoint": str(weights)}
     attack = tree.get("eval", {}).get("attack")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,14 @@ class DistEnv:
             dist.all_reduce(stacked)
             stacked /= self.world_size
         return dict(zip(values, stacked.tolist(), strict=True))
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
     def any(self, flag: torch.Tensor) -> bool:
         """True on every rank if ``flag`` is true on any rank (so all ranks stop together)."""

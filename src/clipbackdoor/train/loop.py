@@ -4,8 +4,13 @@ Per epoch: shuffle (seeded by (seed, epoch)), step through micro-batches, evalua
 record to metrics.jsonl, checkpoint. A run directory that already holds a checkpoint is resumed from it:
 the same config and seed give the same numbers on CPU whether or not the run was interrupted.
 
-Under torchrun every rank trains on its shard of each batch (features are gathered inside the losses);
-rank 0 alone evaluates, writes metrics and checkpoints, and the others wait for it.
+``train.batch_size`` is the global batch (see :mod:`clipbackdoor.train.batching`): under torchrun every rank
+trains on its contiguous share of each global batch (features are gathered inside the losses), in
+micro-batches accumulated exactly (:mod:`clipbackdoor.train.step`). Every rank evaluates its share of the
+eval set; rank 0 writes metrics and checkpoints.
+
+BatchNorm running statistics (used only in evaluation) follow DDP's rule: rank 0's buffers are broadcast at
+every forward. They are the only state in which a run on N ranks and one on 1 process may differ.
 """
 
 from __future__ import annotations
@@ -13,29 +18,30 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from clipbackdoor.augment import ViewMaker
 from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, save_config
-from clipbackdoor.data import BadRowLog, EpochTagged, build_pair_dataset, collate_skipping_bad
-from clipbackdoor.data.transforms import Normalize
+from clipbackdoor.data import BadRowLog, GlobalBatchSampler, build_pair_dataset, collate_skipping_bad
 from clipbackdoor.defenses import build_defense
 from clipbackdoor.evaluation import build_evaluator
 from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.train import checkpoint as ckpt
+from clipbackdoor.train.batching import batch_layout
 from clipbackdoor.train.distributed import DistEnv, setup_distributed
 from clipbackdoor.train.hooks import LoopContext
 from clipbackdoor.train.metrics import MetricsLog
 from clipbackdoor.train.optim import build_optimizer, lr_at, set_lr
+from clipbackdoor.train.step import forward_backward
 
 LOGIT_SCALE_MAX = math.log(100.0)
 
@@ -50,7 +56,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_same_config(cfg: ExperimentConfig, path: Path) -> None:
+def check_same_config(cfg: ExperimentConfig, path: Path) -> None:
     """A run directory belongs to one config: resuming with another one would mix two experiments."""
     if not path.is_file():
         return
@@ -70,46 +76,14 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def encode(
-    net: torch.nn.Module,
-    normalize: Normalize,
-    batch: dict[str, Any],
-    device: torch.device,
-    views: frozenset[str],
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> dict[str, torch.Tensor]:
-    """Features of a batch and of its augmented views, in one forward pass of ``net``.
-
-    Originals and views are concatenated along the batch, as CleanCLIP does (batch-norm statistics then
-    cover both), and split afterwards. Returns L2-normalised ``image``/``text`` (+ ``image_aug``/``text_aug``),
-    the temperature ``logit_scale`` = exp(learned value) and, if the model has one, ``logit_bias``.
-    """
-    n = len(batch["image"])
-    images = torch.cat([batch["image"], batch["image_aug"]]) if "image_aug" in views else batch["image"]
-    texts = torch.cat([batch["text"], batch["text_aug"]]) if "text_aug" in views else batch["text"]
-    pixels = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
-    out = net(pixels, texts.to(device, non_blocking=True))
-    features = {"image": out[0][:n], "text": out[1][:n], "logit_scale": out[2]}
-    if "image_aug" in views:
-        features["image_aug"] = out[0][n:]
-    if "text_aug" in views:
-        features["text_aug"] = out[1][n:]
-    if len(out) > 3:
-        features["logit_bias"] = out[3]
-    return features
-
-
 def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
     """Train (or resume) the run ``cfg`` describes; returns one record per evaluated epoch (rank 0)."""
     run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
     env = setup_distributed(cfg.train.device)
     tcfg = cfg.train
-    if tcfg.batch_size % tcfg.accum_steps:
-        raise ConfigError(f"train.batch_size={tcfg.batch_size} is not a multiple of train.accum_steps")
+    layout = batch_layout(tcfg, env.world_size)
     if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _check_same_config(cfg, run_dir / "config.yaml")
-        save_config(cfg, run_dir / "config.yaml")
+        check_same_config(cfg, run_dir / "config.yaml")
 
     seed_everything(cfg.seed)  # identical initial weights on every rank
     bundle = create_model(cfg.model)
@@ -134,41 +108,39 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
 
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     view_maker = ViewMaker(views, cfg.seed, cfg.augment) if views else None
-    micro_batch = tcfg.batch_size // tcfg.accum_steps
     train_set = build_pair_dataset(
         cfg.data.train, bundle.image_size, cfg.seed, bundle.tokenizer, view_maker,
-        rank=env.rank, world_size=env.world_size, micro_batch=micro_batch, num_workers=cfg.data.num_workers,
+        rank=env.rank, layout=layout, num_workers=cfg.data.num_workers,
     )  # fmt: skip
     bad_rows.add(train_set.bad)
-    evaluator = build_evaluator(cfg, bundle.image_size, bad_rows, bundle.tokenizer) if env.is_main else None
+    # every rank evaluates its share of the eval set; the counts are summed (the same result on every rank)
+    evaluator = build_evaluator(
+        cfg, bundle.image_size, bad_rows, bundle.tokenizer, rank=env.rank, world_size=env.world_size
+    )
 
     streaming = isinstance(train_set, IterableDataset)  # shards split themselves over ranks and workers
-    sampler = None
-    if not streaming:
-        sampler = EpochTagged(
-            DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        )
+    sampler = None if streaming else GlobalBatchSampler(len(train_set), layout, env.rank, cfg.seed)
     loader = DataLoader(
         train_set,
-        batch_size=micro_batch,
-        sampler=sampler,
-        drop_last=True,
+        batch_size=layout.micro_batch if streaming else 1,
+        batch_sampler=sampler,
+        drop_last=streaming,
         num_workers=cfg.data.num_workers,
         collate_fn=collate_skipping_bad,
         persistent_workers=cfg.data.num_workers > 0 and not streaming,  # a stream's workers must see set_epoch
         prefetch_factor=cfg.data.prefetch_factor if cfg.data.num_workers > 0 else None,
         pin_memory=env.device.type == "cuda",
     )
-    steps_per_epoch = len(loader) // tcfg.accum_steps
+    steps_per_epoch = len(loader) // layout.accum_steps
     if steps_per_epoch == 0:
-        raise ConfigError(
-            f"train.batch_size={tcfg.batch_size} × {env.world_size} rank(s) exceeds the {len(train_set)} pairs"
-        )
+        raise ConfigError(f"train.batch_size={tcfg.batch_size} (the global batch) exceeds the training pairs")
     total_steps = steps_per_epoch * tcfg.epochs
     optimizer = build_optimizer(torch.nn.ModuleDict({"clip": model, **extras}), tcfg)
-    ctx = LoopContext(bundle, cfg.model, train_set, env.device, cfg.seed, micro_batch)
+    ctx = LoopContext(bundle, cfg.model, train_set, env.device, cfg.seed, layout.micro_batch)
     for hook in hooks:
         hook.setup(ctx)
+    if env.is_main:  # only now, when the run can start: a failed start leaves no config that locks the name
+        save_config(cfg, run_dir / "config.yaml")
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     ckpt_dir = run_dir / "checkpoints"
@@ -183,13 +155,15 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         ckpt.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
     history = metrics.keep_through_epoch(start_epoch if start_epoch else -1) if env.is_main else []
-    meta = {"model_name": bundle.name, "image_size": str(bundle.image_size), "run": cfg.name}
+    meta = {"model_name": bundle.name, "image_size": str(bundle.image_size), "run": cfg.name,
+            **{k: str(v) for k, v in layout.record().items()}}  # fmt: skip
 
     if start_epoch == 0:
-        if cfg.eval.every_epoch and evaluator is not None:  # epoch 0: the model as it was given
+        if cfg.eval.every_epoch:  # epoch 0: the model as it was given
             record = {"kind": "epoch", "epoch": 0, "step": 0, **_prefixed("eval", evaluator(bundle, env.device))}
-            metrics.append(record)
-            history.append(record)
+            if env.is_main:
+                metrics.append(record)
+                history.append(record)
         for hook in hooks:
             hook.before_training(ctx)
 
@@ -208,29 +182,16 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             leave=False,
             dynamic_ncols=True,
         )
-        for micro, batch in enumerate(loader):
-            if micro // tcfg.accum_steps >= steps_per_epoch:
-                break
-            bad_rows.add(batch.pop("bad_rows"))
-            if "image" not in batch:
-                continue
-            last_micro = (micro + 1) % tcfg.accum_steps == 0
-            sync = nullcontext() if last_micro or env.world_size == 1 else ddp.no_sync()
-            with sync, torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
-                features = encode(net, normalize, batch, env.device, views, memory_format)
-                loss, parts = objective(features)
-                for hook in hooks:
-                    extra = hook.loss(features, batch)
-                    if extra:
-                        loss = loss + extra["loss"]
-                        parts.update({f"defense/{k}": v.detach() for k, v in extra.items()})
-                (loss / tcfg.accum_steps).backward()
-            nonfinite |= ~torch.isfinite(loss.detach())
-            for k, v in {"loss": loss.detach(), **parts}.items():
+        for micro_batches in _grouped(loader, layout.accum_steps, steps_per_epoch):
+            for batch in micro_batches:
+                bad_rows.add(batch.pop("bad_rows"))
+            loss, parts = forward_backward(
+                net, ddp, normalize, micro_batches, env.device, objective, hooks, memory_format, bf16
+            )
+            nonfinite |= ~torch.isfinite(loss)
+            for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0) + v.float()
-            samples += len(batch["index"]) * env.world_size
-            if not last_micro:
-                continue
+            samples += layout.global_batch
             lr = lr_at(step, tcfg.lr, tcfg.warmup_steps, total_steps, tcfg.min_lr)
             set_lr(optimizer, lr)
             if tcfg.max_grad_norm is not None:
@@ -257,10 +218,14 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
                     bar.set_postfix(loss=f"{logged['loss']:.3f}")
         bar.close()
         _guard_finite(env, nonfinite, step, ckpt_dir)
+        for rows in env.all_gather(bad_rows.seen):  # each rank met its own bad samples: count them all
+            bad_rows.add(rows)
         elapsed = time.perf_counter() - started
-        n_micro = max(1, steps_per_epoch * tcfg.accum_steps)
-        epoch_means = env.mean({k: v / n_micro for k, v in sums.items()})
-        if env.is_main and evaluator is not None:
+        epoch_means = env.mean({k: v / max(1, steps_per_epoch) for k, v in sums.items()})
+        evaluated = (
+            _prefixed("eval", evaluator(bundle, env.device)) if cfg.eval.every_epoch or epoch == tcfg.epochs else {}
+        )
+        if env.is_main:
             record = {
                 "kind": "epoch",
                 "epoch": epoch,
@@ -269,11 +234,11 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
                 **{f"train/{k}": v for k, v in epoch_means.items()},
                 **hook_logs,
             }
-            if cfg.eval.every_epoch or epoch == tcfg.epochs:
-                record.update(_prefixed("eval", evaluator(bundle, env.device)))
+            record.update(evaluated)
             record.update(
                 {"time/epoch_s": elapsed, "time/samples_per_s": samples / elapsed, "data/bad_rows": bad_rows.count}
             )
+            record.update(layout.record())
             metrics.append(record)
             state = {
                 "optimizer": optimizer.state_dict(),
@@ -283,8 +248,21 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             }
             ckpt.save_checkpoint(ckpt_dir, epoch, model, state, meta, tcfg.keep_last)
             history.append(record)
-        env.barrier()  # the others wait while rank 0 evaluates and checkpoints
+        env.barrier()  # the others wait while rank 0 checkpoints
     return history
+
+
+def _grouped(loader: DataLoader, k: int, steps: int) -> Iterator[list[dict[str, Any]]]:
+    """The loader's micro-batches, ``k`` at a time: one optimizer step each, ``steps`` in all."""
+    group: list[dict[str, Any]] = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+            steps -= 1
+            if steps == 0:
+                return
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:

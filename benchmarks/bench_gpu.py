@@ -1,0 +1,133 @@
+"""The study's pre-training step on one GPU: RN50 at 224 px, bf16 + channels_last, at the study's global batch
+(MMCL 2048, MMCL+SSL 1024) with exact gradient accumulation (clipbackdoor.train.step) over micro-batches of
+the study's per-GPU size (256 / 128), halved until one fits. Records peak memory, samples/s and the share of
+the GPU's bf16 matmul peak measured in the same run, in benchmarks/results/gpu_<model>_<precision>.json,
+which `clipbackdoor plan` reads for device-hours.
+
+    python benchmarks/bench_gpu.py                                   # on the GPU machine (a few minutes)
+    python benchmarks/bench_gpu.py --model tiny-rn --scale 0.01 --out /tmp/bench   # a CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, count_flops, machine, matmul_peak_flops
+
+from clipbackdoor.config import load_config
+from clipbackdoor.models import create_model
+from clipbackdoor.objectives import WeightedObjective
+from clipbackdoor.train.step import forward_backward
+
+# objective -> (config, the study's global batch, its per-GPU micro-batch)
+STUDY = {"mmcl": ("{mmcl: 1.0}", 2048, 256), "mmcl+ssl": ("{mmcl: 1.0, ssl: 1.0}", 1024, 128)}
+
+
+def measure(model_name: str, objective: str, global_batch: int, micro: int, steps: int, device: torch.device) -> dict:
+    """Samples/s and peak memory of optimizer steps of ``global_batch`` pairs in micro-batches of ``micro``."""
+    torch.manual_seed(0)
+    bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    model = bundle.model.to(device, memory_format=fmt)
+    normalize = bundle.normalize.to(device)
+    loss_fn = WeightedObjective(load_config("demo", [f"objective={STUDY[objective][0]}"]).objective).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    size = bundle.image_size
+    texts = bundle.tokenizer([f"a photo of item {i}." for i in range(micro)])
+    images = torch.randint(0, 256, (micro, 3, size, size), dtype=torch.uint8)
+    batches = [{"image": images, "image_aug": images.flip(-1), "text": texts, "text_aug": texts.roll(1, 1)}] * (
+        global_batch // micro
+    )
+
+    def step() -> None:
+        forward_backward(model, model, normalize, batches, device, loss_fn, [], fmt, cuda)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: allocations, cuDNN autotuning
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {
+        "global_batch": global_batch,
+        "micro_batch": micro,
+        "accum_steps": global_batch // micro,
+        "synthetic_samples_per_s": global_batch * steps / elapsed,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
+
+
+def flops_per_sample(model_name: str, objective: str, device: torch.device) -> float:
+    """Model FLOPs of forward + backward per pair (the cache pass of accumulation is not counted: it is overhead)."""
+    bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
+    loss_fn = WeightedObjective(load_config("demo", [f"objective={STUDY[objective][0]}"]).objective)
+    texts = bundle.tokenizer(["a photo of a bag."] * 2)
+    images = torch.randint(0, 256, (2, 3, bundle.image_size, bundle.image_size), dtype=torch.uint8)
+    batch = [{"image": images, "image_aug": images, "text": texts, "text_aug": texts}]
+    fmt = torch.contiguous_format
+    return count_flops(lambda: forward_backward(bundle.model, bundle.model, bundle.normalize, batch,
+                                                torch.device("cpu"), loss_fn, [], fmt, False)) / 2  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="RN50")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the study's batches (CPU smoke runs)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak_flops(n=8192 if device.type == "cuda" else 1024, dtype=dtype, device=device.type)
+    results = {}
+    for objective, (_, global_batch, micro) in STUDY.items():
+        global_batch, micro = max(2, int(global_batch * args.scale)), max(1, int(micro * args.scale))
+        while True:
+            try:
+                results[objective] = measure(args.model, objective, global_batch, micro, args.steps, device)
+                break
+            except torch.OutOfMemoryError:
+                if micro == 1:
+                    raise
+                micro //= 2  # exact accumulation: the same step over smaller forward passes
+                torch.cuda.empty_cache()
+        flops = flops_per_sample(args.model, objective, device)
+        results[objective]["train_flops_per_sample"] = flops
+        results[objective]["matmul_peak_share"] = results[objective]["synthetic_samples_per_s"] * flops / peak
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    payload = {
+        "benchmark": "gpu_train_step",
+        "machine": machine(),
+        "setup": {
+            "model": args.model,
+            "image_size": 224,
+            "precision": precision,
+            "device": device.type,
+            "channels_last": device.type == "cuda",
+            "steps": args.steps,
+            "data": "synthetic uint8 tensors; the study's global batch, exact accumulation",
+        },
+        "results": {"per_objective": results, "matmul_peak_flops": peak},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"gpu_{args.model.lower()}_{precision}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"{path}: {json.dumps(results, indent=1)}")
+
+
+if __name__ == "__main__":
+    main()

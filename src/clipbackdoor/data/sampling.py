@@ -1,0 +1,61 @@
+"""The epoch's sample order, defined once for the whole experiment and cut into this rank's micro-batches.
+
+Every epoch has one global permutation (seeded by seed and epoch). Optimizer step ``s`` takes the global batch
+``perm[s·G : (s+1)·G]``; rank ``r`` takes its contiguous ``1/world`` share of it, cut into micro-batches of
+``m`` pairs. A single process accumulating ``k`` micro-batches therefore sees exactly the pairs, in the same
+BatchNorm groups, that ``k`` ranks see: the order does not depend on the world size.
+
+A sample that turns out to be unreadable is replaced by the next good sample in that same global order
+(each key carries its successors), so every rank always steps micro-batches of full size and ranks cannot
+fall out of step under DDP, whatever is corrupt; the bad one is still counted and named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from clipbackdoor.train.batching import BatchLayout
+
+# Successors a key carries: this many consecutive unreadable samples stop the run (see PairDataset).
+FALLBACKS = 16
+
+SampleKey = tuple[int, int, tuple[int, ...]]  # (epoch, index, the indices that follow it in the global order)
+
+
+class GlobalBatchSampler(Sampler[list[SampleKey]]):
+    """Yields this rank's micro-batches of ``(epoch, index, successors)`` keys for one epoch."""
+
+    def __init__(self, size: int, layout: BatchLayout, rank: int, seed: int, fallbacks: int = FALLBACKS):
+        self.size, self.layout, self.rank, self.seed = size, layout, rank, seed
+        self.fallbacks = min(fallbacks, size - 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def steps(self) -> int:
+        return self.layout.steps_per_epoch(self.size)
+
+    def __len__(self) -> int:
+        return self.steps * self.layout.accum_steps
+
+    def permutation(self) -> list[int]:
+        """The epoch's global order (the same rule DistributedSampler uses, so 1-process runs are unchanged)."""
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        perm, n, lay = self.permutation(), self.size, self.layout
+        for step in range(self.steps):
+            first = step * lay.global_batch + self.rank * lay.per_process
+            for micro in range(lay.accum_steps):
+                start = first + micro * lay.micro_batch
+                yield [
+                    (self.epoch, perm[p], tuple(perm[(p + 1 + q) % n] for q in range(self.fallbacks)))
+                    for p in range(start, start + lay.micro_batch)
+                ]

@@ -1,0 +1,337 @@
+"""``clipbackdoor plan``: what a config or a study will compute, before anything runs or any GPU is paid for.
+
+Per stage: processes and devices; the global, per-process and micro batch and the accumulation they imply;
+steps per epoch and the warm-up's share of all steps; samples seen; evaluations and their images; runs; the
+checkpoints' disk size; and device-hours estimated from a throughput measurement under benchmarks/results
+for that model and precision (naming the file), or "no measurement". It warns, naming the key, about what
+would make the run another experiment than the one intended.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from clipbackdoor.config import (
+    ConfigError,
+    CsvLabelled,
+    CsvPairs,
+    ExperimentConfig,
+    FashionMNISTLabelled,
+    FashionMNISTPairs,
+    ImageNetLabelled,
+    ModelConfig,
+    WebDatasetPairs,
+    validate_tree,
+)
+from clipbackdoor.train.batching import BatchLayout, batch_layout
+
+WARMUP_WARN_SHARE = 0.25
+IMAGENET_VAL = 50_000
+FASHION_MNIST = {"train": 60_000, "test": 10_000}
+# weights (fp32) + AdamW's two moments (fp32) per parameter, as a checkpoint stores them
+CHECKPOINT_BYTES_PER_PARAM = 12
+BENCHMARK_DIRS = (Path("benchmarks/results"), Path(__file__).resolve().parents[2] / "benchmarks" / "results")
+
+
+@dataclass
+class Count:
+    """A number of pairs or images and where it came from (counted, a key, a known dataset size)."""
+
+    n: int | None
+    source: str
+
+
+@dataclass
+class Stage:
+    name: str
+    processes: int
+    launcher: str
+    layout: BatchLayout
+    pairs: Count
+    epochs: int
+    warmup_steps: int
+    eval_images: Count
+    evaluations_per_run: int
+    runs: int = 1
+    at_once: int = 1
+    checkpoint_bytes: int = 0
+    throughput: tuple[float, str] | None = None  # samples/s per device, and the file it came from
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        return None if self.pairs.n is None else self.layout.steps_per_epoch(self.pairs.n)
+
+    @property
+    def total_steps(self) -> int | None:
+        return None if self.steps_per_epoch is None else self.steps_per_epoch * self.epochs
+
+    @property
+    def samples_seen(self) -> int | None:
+        return None if self.total_steps is None else self.total_steps * self.layout.global_batch * self.runs
+
+    @property
+    def device_hours(self) -> float | None:
+        """Training only (evaluation excluded), assuming throughput per device holds on every device."""
+        if self.throughput is None or self.samples_seen is None:
+            return None
+        return self.samples_seen / self.throughput[0] / 3600
+
+
+# --------------------------------------------------------------------------------------------- counting
+def _csv_rows(path: Path) -> int:
+    with path.open("rb") as f:
+        return max(0, sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1)
+
+
+def count_pairs(source: Any) -> Count:
+    """Pairs of a training source: counted when the data is there, else the source's expected-count key."""
+    if isinstance(source, FashionMNISTPairs):
+        n = FASHION_MNIST[source.split]
+        return Count(min(n, source.max_samples or n), f"Fashion-MNIST {source.split} split")
+    if isinstance(source, CsvPairs):
+        path = Path(source.path)
+        if path.is_file():
+            n = _csv_rows(path)
+            return Count(min(n, source.max_samples or n), f"rows counted in {path}")
+        if source.expected_pairs is not None:
+            return Count(source.expected_pairs, "expected_pairs (the CSV is not there yet)")
+        return Count(None, f"{path} does not exist and expected_pairs is not set")
+    if isinstance(source, WebDatasetPairs) and source.epoch_samples is not None:
+        return Count(source.epoch_samples, "epoch_samples")
+    return Count(None, "shards are not counted; set epoch_samples")
+
+
+def count_eval_images(source: Any) -> Count:
+    if isinstance(source, FashionMNISTLabelled):
+        n = FASHION_MNIST[source.split]
+        return Count(min(n, source.max_samples or n), f"Fashion-MNIST {source.split} split")
+    path = Path(source.labels if isinstance(source, ImageNetLabelled) else getattr(source, "path", ""))
+    cap = source.max_samples
+    if isinstance(source, (ImageNetLabelled, CsvLabelled)) and path.is_file():
+        n = _csv_rows(path) + (isinstance(source, ImageNetLabelled) and path.suffix != ".csv")  # no header
+        return Count(min(n, cap or n), f"counted in {path}")
+    if isinstance(source, ImageNetLabelled):
+        return Count(min(IMAGENET_VAL, cap or IMAGENET_VAL), "ImageNet-1K val (the labels file is not there yet)")
+    return Count(cap, "data.eval.max_samples" if cap else "not counted")
+
+
+def missing_paths(cfg: ExperimentConfig, *, train_data: bool = True) -> list[str]:
+    """Warnings for data and eval paths that do not exist, naming the key."""
+    keys: dict[str, str | None] = {
+        "data.eval.labels": getattr(cfg.data.eval, "labels", None),
+        "data.eval.folder": getattr(cfg.data.eval, "folder", None),
+        "data.eval.path": getattr(cfg.data.eval, "path", None),
+        "data.eval.root": getattr(cfg.data.eval, "root", None),
+        "eval.retrieval.path": cfg.eval.retrieval.path if cfg.eval.retrieval else None,
+    }
+    if train_data:
+        keys["data.train.path"] = getattr(cfg.data.train, "path", None)
+        keys["data.train.root"] = getattr(cfg.data.train, "root", None)
+    if cfg.poison is not None:
+        keys["poison.source.path"] = getattr(cfg.poison.source, "path", None)
+    return [f"{key}: {value} does not exist" for key, value in keys.items() if value and not Path(value).exists()]
+
+
+# ------------------------------------------------------------------------------------------- the model
+def model_facts(model: ModelConfig) -> tuple[int, int]:
+    """(parameters, input image size) of a model, built once on the CPU at random init."""
+    return _model_facts(model.model_copy(update={"checkpoint": None, "pretrained": None}).model_dump_json())
+
+
+@cache
+def _model_facts(model_json: str) -> tuple[int, int]:
+    from clipbackdoor.models import create_model
+
+    bundle = create_model(ModelConfig.model_validate_json(model_json))
+    return sum(p.numel() for p in bundle.model.parameters()), bundle.image_size
+
+
+def find_throughput(
+    model: str, precision: str, objective_kind: str, dirs: tuple[Path, ...]
+) -> tuple[float, str] | None:
+    """Samples/s per device for (model, precision, objective) from a benchmark JSON, preferring GPU files."""
+    files = sorted(
+        {f for d in dirs if d.is_dir() for f in d.glob("*.json")}, key=lambda f: not f.name.startswith("gpu")
+    )
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        setup, per_objective = data.get("setup", {}), data.get("results", {}).get("per_objective", {})
+        if setup.get("model") != model or setup.get("precision") != precision or objective_kind not in per_objective:
+            continue
+        rates = per_objective[objective_kind]
+        rate = rates.get("files_samples_per_s") or rates.get("synthetic_samples_per_s")
+        if rate:
+            return float(rate), f"{path} ({setup.get('device', '?')})"
+    return None
+
+
+def launcher_processes(launcher: list[str]) -> int:
+    """Processes a launcher starts: torchrun's ``--nproc_per_node`` (1 when absent or not a number)."""
+    for i, arg in enumerate(launcher):
+        name, _, value = arg.partition("=")
+        if name in ("--nproc_per_node", "--nproc-per-node"):
+            value = value or (launcher[i + 1] if i + 1 < len(launcher) else "")
+            return int(value) if value.isdigit() else 1
+    return 1
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def plan_stage(
+    name: str,
+    cfg: ExperimentConfig,
+    processes: int,
+    launcher: str,
+    pairs: Count,
+    *,
+    runs: int = 1,
+    at_once: int = 1,
+    poison_image_size: int | None = None,
+    warnings: list[str] | None = None,
+    bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS,
+) -> Stage:
+    """The plan of one experiment config run ``runs`` times on ``processes`` processes."""
+    layout = batch_layout(cfg.train, processes)
+    params, image_size = model_facts(cfg.model)
+    eval_images = count_eval_images(cfg.data.eval)
+    if cfg.eval.attack is not None and eval_images.n is not None:
+        eval_images = Count(2 * eval_images.n, f"{eval_images.source}; clean + triggered")
+    evaluations = cfg.train.epochs + 1 if cfg.eval.every_epoch else 1
+    kept = min(cfg.train.keep_last or cfg.train.epochs, cfg.train.epochs)
+    kind = "mmcl+ssl" if "ssl" in cfg.objective else "mmcl"
+    stage = Stage(
+        name, processes, launcher, layout, pairs, cfg.train.epochs, cfg.train.warmup_steps, eval_images,
+        evaluations, runs, at_once, kept * params * CHECKPOINT_BYTES_PER_PARAM * runs,
+        find_throughput(cfg.model.name, cfg.train.precision, kind, bench_dirs), list(warnings or []),
+    )  # fmt: skip
+    if stage.total_steps and cfg.train.warmup_steps > WARMUP_WARN_SHARE * stage.total_steps:
+        stage.warnings.append(
+            f"train.warmup_steps={cfg.train.warmup_steps} is {cfg.train.warmup_steps / stage.total_steps:.0%} "
+            f"of the {stage.total_steps:,} steps (over {WARMUP_WARN_SHARE:.0%})"
+        )
+    if poison_image_size is not None and poison_image_size != image_size:
+        stage.warnings.append(
+            f"poison.image_size={poison_image_size} but {cfg.model.name} takes {image_size} px: the eval trigger "
+            "is made at the model's size, so it would be another trigger than the one trained on"
+        )
+    return stage
+
+
+def plan_experiment(cfg: ExperimentConfig, gpus: int = 1, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS) -> list[Stage]:
+    """The plan of one run; data that `poison` is still to write is counted from the poison source."""
+    pairs, poison = count_pairs(cfg.data.train), cfg.poison
+    written_by_poison = poison is not None and Path(getattr(cfg.data.train, "path", "")).parent == Path(poison.output)
+    if pairs.n is None and written_by_poison:
+        source = count_pairs(poison.source)
+        pairs = Count(source.n, f"poison.source: {source.source}")
+    stage = plan_stage(
+        f"train {cfg.name}", cfg, gpus, f"{gpus} process(es)", pairs,
+        poison_image_size=poison.image_size if poison else None,
+        warnings=missing_paths(cfg, train_data=not written_by_poison), bench_dirs=bench_dirs,
+    )  # fmt: skip
+    return [stage]
+
+
+def plan_study(study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS) -> list[Stage]:
+    """Pre-training per objective, then one cleaning stage per (model, defense) sweep."""
+    from clipbackdoor.config import load_config
+    from clipbackdoor.defenses.cleaning import with_recipe
+    from clipbackdoor.study import pretrain_overrides, sweep_configs
+    from clipbackdoor.sweep.devices import resolve_devices
+    from clipbackdoor.sweep.runner import budget
+    from clipbackdoor.sweep.space import as_overrides
+
+    stages: list[Stage] = []
+    poisoned_pairs: Count | None = None
+    for tag in study.pretrain:
+        cfg = load_config(study.base, pretrain_overrides(study, tag))
+        if cfg.poison is None:
+            raise ConfigError(f"study {study.name}: its base config '{study.base}' has no poison section")
+        poisoned_pairs = count_pairs(cfg.poison.source)
+        poisoned_pairs = Count(poisoned_pairs.n, f"poison.source: {poisoned_pairs.source}")
+        processes = gpus or launcher_processes(study.pretrain_launcher)
+        launcher = f"--gpus {gpus}" if gpus else " ".join(study.pretrain_launcher) or "python"
+        stages.append(
+            plan_stage(
+                f"pre-train {tag}", cfg, processes, launcher, poisoned_pairs,
+                poison_image_size=cfg.poison.image_size, warnings=missing_paths(cfg, train_data=False),
+                bench_dirs=bench_dirs,
+            )
+        )  # fmt: skip
+    clean_processes = launcher_processes(study.clean_launcher)
+    slots = (gpus or len(resolve_devices(study.devices))) // study.devices_per_trial
+    for sweep in sweep_configs(study):
+        tag = Path(sweep.run).name
+        pre = load_config(study.base, pretrain_overrides(study, tag))
+        tree, origin = with_recipe(pre.model_dump(mode="json"), sweep.defense)
+        cfg = validate_tree(tree, as_overrides(sweep.overrides), origin)
+        cleaning = pre.poison.cleaning if pre.poison else None
+        pairs = Count(
+            cleaning.size + cleaning.poisons if cleaning else None,
+            "poison.cleaning.size (+ poisons)" if cleaning else "no poison.cleaning set",
+        )
+        stages.append(
+            plan_stage(
+                f"clean {sweep.name}", cfg, clean_processes, " ".join(study.clean_launcher) or "python",
+                pairs, runs=budget(sweep), at_once=min(study.workers, slots) if slots else study.workers,
+                bench_dirs=bench_dirs,
+            )
+        )  # fmt: skip
+    return stages
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _n(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def format_plan(stages: list[Stage]) -> str:
+    lines: list[str] = []
+    total_hours, unknown = 0.0, False
+    for s in stages:
+        lay = s.layout
+        warm = f"{s.warmup_steps / s.total_steps:.1%}" if s.total_steps else "?"
+        hours = s.device_hours
+        total_hours += hours or 0.0
+        unknown |= hours is None
+        lines += [
+            f"== {s.name}",
+            f"  processes      {s.processes} ({s.launcher})"
+            + (f"; {s.runs} runs, {s.at_once} at once" if s.runs > 1 else ""),
+            f"  batch          global {lay.global_batch:,} = {lay.world_size} × {lay.per_process:,} per process; "
+            f"micro-batch (BatchNorm group) {lay.micro_batch:,}, accumulation {lay.accum_steps}",
+            f"  pairs          {_n(s.pairs.n)} ({s.pairs.source})",
+            f"  steps          {_n(s.steps_per_epoch)} per epoch × {s.epochs} epochs = {_n(s.total_steps)}; "
+            f"warm-up {s.warmup_steps:,} steps = {warm}",
+            f"  samples seen   {_n(s.samples_seen)}" + (" (all runs)" if s.runs > 1 else ""),
+            f"  evaluations    {s.evaluations_per_run} per run × {_n(s.eval_images.n)} images ({s.eval_images.source})",
+            f"  checkpoints    {_bytes(s.checkpoint_bytes)} kept on disk" + (" (all runs)" if s.runs > 1 else ""),
+            "  device-hours   "
+            + (f"{hours:,.1f} training (from {s.throughput[1]})" if hours is not None and s.throughput else
+               "no measurement for this model and precision under benchmarks/results"),
+        ]  # fmt: skip
+        lines += [f"  WARNING {w}" for w in s.warnings]
+    lines.append(
+        f"== total: {total_hours:,.1f} device-hours of training"
+        + (" (stages without a measurement not counted)" if unknown else "")
+    )
+    return "\n".join(lines)
+
+
+def is_study(tree: dict[str, Any]) -> bool:
+    return "pretrain" in tree and "defenses" in tree

@@ -1,0 +1,122 @@
+"""One optimizer step's forward and backward passes, with exact gradient accumulation.
+
+A contrastive loss over a global batch needs every pair's features at once. When one forward pass holds
+only a micro-batch, we do what large-batch CLIP trainers do (open_clip's ``accum_freq``, GradCache): encode
+all k micro-batches without grad and cache their features; then, for each micro-batch in turn, encode it
+again with grad, put its features in place of its cached ones and back-propagate the loss of the whole
+batch. Summed over the k passes these are the gradients of the whole batch in one pass, negatives from the
+whole global batch (the losses gather the other ranks' features). The price is one extra forward pass.
+
+Loss terms added by hooks (defenses) are per-sample means over a micro-batch: each micro-batch's term is
+weighted 1/k, which sums to the whole batch's mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+from clipbackdoor.data.transforms import Normalize
+from clipbackdoor.objectives import WeightedObjective
+from clipbackdoor.train.hooks import Hook
+
+# Feature entries that are per pair (concatenated over micro-batches); the rest (temperature, bias) are scalars.
+PAIR_FEATURES = ("image", "text", "image_aug", "text_aug")
+
+
+def encode(
+    net: torch.nn.Module,
+    normalize: Normalize,
+    batch: dict[str, Any],
+    device: torch.device,
+    views: frozenset[str],
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> dict[str, torch.Tensor]:
+    """Features of a batch and of its augmented views, in one forward pass of ``net``.
+
+    Originals and views are concatenated along the batch, as CleanCLIP does (batch-norm statistics then
+    cover both), and split afterwards. Returns L2-normalised ``image``/``text`` (+ ``image_aug``/``text_aug``),
+    the temperature ``logit_scale`` = exp(learned value) and, if the model has one, ``logit_bias``.
+    """
+    n = len(batch["image"])
+    images = torch.cat([batch["image"], batch["image_aug"]]) if "image_aug" in views else batch["image"]
+    texts = torch.cat([batch["text"], batch["text_aug"]]) if "text_aug" in views else batch["text"]
+    pixels = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+    out = net(pixels, texts.to(device, non_blocking=True))
+    features = {"image": out[0][:n], "text": out[1][:n], "logit_scale": out[2]}
+    if "image_aug" in views:
+        features["image_aug"] = out[0][n:]
+    if "text_aug" in views:
+        features["text_aug"] = out[1][n:]
+    if len(out) > 3:
+        features["logit_bias"] = out[3]
+    return features
+
+
+@contextmanager
+def buffers_kept(module: torch.nn.Module) -> Iterator[None]:
+    """Undo buffer updates (BatchNorm running statistics) made inside: the caching pass must not count twice."""
+    saved = [b.detach().clone() for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, old in zip(module.buffers(), saved, strict=True):
+                buffer.copy_(old)
+
+
+def with_replaced(cached: list[dict[str, torch.Tensor]], j: int, live: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The whole batch's features, micro-batch ``j``'s taken from ``live`` (with grad), the others cached.
+
+    The loss depends on the temperature (and a logit bias) through the whole batch, not per micro-batch: their
+    gradient must be counted once, so they carry it only in the last pass. (open_clip's ``accum_freq``
+    counts it k times.)"""
+    last = j == len(cached) - 1
+    whole = {k: v if last else v.detach() for k, v in live.items() if k not in PAIR_FEATURES}
+    for key in PAIR_FEATURES:
+        if key in live:
+            whole[key] = torch.cat([live[key] if i == j else c[key] for i, c in enumerate(cached)])
+    return whole
+
+
+def forward_backward(
+    net: torch.nn.Module,
+    ddp: torch.nn.Module,
+    normalize: Normalize,
+    micro_batches: list[dict[str, Any]],
+    device: torch.device,
+    objective: WeightedObjective,
+    hooks: list[Hook],
+    memory_format: torch.memory_format,
+    bf16: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Gradients of one optimizer step over ``micro_batches`` (this rank's share of the global batch).
+
+    ``ddp`` is the DistributedDataParallel wrapper (or the model): its gradients are all-reduced only in the
+    last backward pass. Returns the step's loss and its logged parts (detached).
+    """
+    k, views = len(micro_batches), objective.views
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    cached: list[dict[str, torch.Tensor]] = []
+    if k > 1:
+        with torch.no_grad(), autocast, buffers_kept(net):
+            cached = [encode(net, normalize, mb, device, views, memory_format) for mb in micro_batches]
+    hook_parts: dict[str, torch.Tensor] = {}
+    for j, batch in enumerate(micro_batches):
+        sync = ddp.no_sync() if j < k - 1 and hasattr(ddp, "no_sync") else nullcontext()
+        with sync, autocast:
+            live = encode(net, normalize, batch, device, views, memory_format)
+            loss, parts = objective(with_replaced(cached, j, live) if k > 1 else live)
+            whole_batch_loss = loss.detach()  # the same in every pass
+            for hook in hooks:
+                extra = hook.loss(live, batch)
+                if extra:
+                    loss = loss + extra["loss"] / k
+                    for name, value in extra.items():
+                        key = f"defense/{name}"
+                        hook_parts[key] = hook_parts.get(key, 0) + value.detach().float() / k
+            loss.backward()
+    return whole_batch_loss + hook_parts.get("defense/loss", 0), {**parts, **hook_parts}

@@ -1,0 +1,93 @@
+"""One meaning of the batch size, and `clipbackdoor plan`: the paper's numbers before anything runs."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clipbackdoor.cli import main
+from clipbackdoor.config import ConfigError, TrainConfig, load_config
+from clipbackdoor.plan import launcher_processes, plan_experiment, plan_study
+from clipbackdoor.study import load_study_config
+from clipbackdoor.train.batching import batch_layout
+
+CC3M_PAIRS = 2_725_316
+
+
+def test_the_batch_is_global_and_splits_into_processes_and_micro_batches() -> None:
+    train = TrainConfig(batch_size=2048, micro_batch=256)
+    for world, per_process, accum in ((1, 2048, 8), (2, 1024, 4), (8, 256, 1)):
+        layout = batch_layout(train, world)
+        assert (layout.per_process, layout.micro_batch, layout.accum_steps) == (per_process, 256, accum)
+        assert layout.steps_per_epoch(CC3M_PAIRS) == CC3M_PAIRS // 2048 == 1330  # the same on any world size
+    with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
+        batch_layout(train, 3)
+    with pytest.raises(ConfigError, match=r"train\.micro_batch=256 must divide the per-process batch 128"):
+        batch_layout(train, 16)
+    assert batch_layout(TrainConfig(batch_size=64), 1).accum_steps == 1  # micro-batch defaults to the whole
+    with pytest.raises(ConfigError, match="accum_steps is derived"):
+        load_config("demo", ["train.accum_steps=2"])
+
+
+@pytest.mark.parametrize("gpus", [8, 1])
+def test_plan_of_the_cc3m_study_matches_the_paper(gpus: int) -> None:
+    stages = {s.name: s for s in plan_study(load_study_config("study-cc3m"), gpus=gpus)}
+    mmcl, ssl = stages["pre-train mmcl"], stages["pre-train mmcl-ssl"]
+    assert mmcl.pairs.n == CC3M_PAIRS and "expected_pairs" in mmcl.pairs.source
+    assert (mmcl.layout.global_batch, mmcl.layout.per_process, mmcl.layout.micro_batch) == (2048, 2048 // gpus, 256)
+    assert mmcl.layout.accum_steps == 8 // gpus
+    assert (mmcl.steps_per_epoch, mmcl.total_steps) == (1330, 1330 * 64)
+    assert 0.11 < mmcl.warmup_steps / mmcl.total_steps < 0.12  # the study's ≈ 12 %
+    assert (ssl.layout.global_batch, ssl.layout.micro_batch, ssl.steps_per_epoch) == (1024, 128, CC3M_PAIRS // 1024)
+    assert any("data.eval.labels" in w for w in mmcl.warnings)  # the ImageNet paths are placeholders here
+    clean = {name: s for name, s in stages.items() if name.startswith("clean")}
+    assert len(clean) == 6
+    for name, stage in clean.items():  # single-device cleaning at the study's batch, 20 epochs on 100k pairs
+        assert stage.processes == 1 and stage.epochs == 20 and stage.pairs.n == 100_000
+        assert stage.layout.global_batch == (128 if "mmcl-only" in name else 64)
+        assert stage.layout.accum_steps == 1
+    assert clean["clean mmcl--cleanclip"].runs == 32 and clean["clean mmcl--ssl-only"].runs == 11
+
+
+def test_cc6m_cleans_on_200k_pairs_for_10_epochs() -> None:
+    stages = plan_study(load_study_config("study-cc6m"), gpus=8)
+    for stage in stages:
+        if stage.name.startswith("clean"):
+            assert (stage.pairs.n, stage.epochs) == (200_000, 10)
+
+
+def test_plan_warns_naming_the_key(fmnist_root: Path, tmp_path: Path) -> None:
+    """The old meaning's mistake (2048 per process on 8 GPUs) shows as warm-up over most of the steps."""
+    cfg = load_config("cc3m", ["train.batch_size=16384", "train.micro_batch=2048"])
+    (stage,) = plan_experiment(cfg, gpus=8)
+    assert stage.steps_per_epoch == 166
+    assert any(w.startswith("train.warmup_steps=10000 is 94%") for w in stage.warnings), stage.warnings
+    cfg = load_config("cc3m", ["poison.image_size=64"])
+    assert any(w.startswith("poison.image_size=64 but RN50 takes 224 px") for w in plan_experiment(cfg)[0].warnings)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("image,caption\n" + "".join(f"{i}.png,a photo\n" for i in range(100)))
+    cfg = load_config("demo", [f"data.train={{source: csv, path: {csv}}}", "train.batch_size=32", "train.epochs=1"])
+    (stage,) = plan_experiment(cfg)
+    assert (stage.pairs.n, stage.steps_per_epoch) == (100, 3) and str(csv) in stage.pairs.source
+
+
+def test_device_hours_come_from_a_measurement_named_in_the_plan(tmp_path: Path, capsys) -> None:
+    cfg = load_config("cc3m", [])
+    (stage,) = plan_experiment(cfg, gpus=8, bench_dirs=(tmp_path,))
+    assert stage.device_hours is None
+    result = {"setup": {"model": "RN50", "precision": "bf16", "device": "cuda"},
+              "results": {"per_objective": {"mmcl": {"synthetic_samples_per_s": 1000.0}}}}  # fmt: skip
+    (tmp_path / "gpu_rn50.json").write_text(json.dumps(result))
+    (stage,) = plan_experiment(cfg, gpus=8, bench_dirs=(tmp_path,))
+    assert stage.device_hours == pytest.approx(1330 * 64 * 2048 / 1000 / 3600)
+    assert stage.throughput is not None and "gpu_rn50.json" in stage.throughput[1]
+    assert main(["plan", "study-cc3m", "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "global 2,048 = 8 × 256 per process" in out and "1,330 per epoch × 64 epochs = 85,120" in out
+    assert "warm-up 10,000 steps = 11.7%" in out
+
+
+def test_launcher_processes() -> None:
+    assert launcher_processes([]) == 1
+    assert launcher_processes(["torchrun", "--standalone", "--nproc_per_node", "8"]) == 8
+    assert launcher_processes(["torchrun", "--nproc-per-node=4"]) == 4
