@@ -71,16 +71,17 @@ def measure(model_name: str, objective: str, global_batch: int, micro: int, step
     }
 
 
-def flops_per_sample(model_name: str, objective: str, device: torch.device) -> float:
-    """Model FLOPs of forward + backward per pair (the cache pass of accumulation is not counted: it is overhead)."""
+def flops_per_sample(model_name: str, batch: int, objective: str) -> float:
+    """Model FLOPs of forward + backward per pair, as our step runs it (accumulation's cache pass is not
+    counted: it is overhead, not model work)."""
     bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
     loss_fn = WeightedObjective(load_config("demo", [f"objective={STUDY[objective][0]}"]).objective)
-    texts = bundle.tokenizer(["a photo of a bag."] * 2)
-    images = torch.randint(0, 256, (2, 3, bundle.image_size, bundle.image_size), dtype=torch.uint8)
-    batch = [{"image": images, "image_aug": images, "text": texts, "text_aug": texts}]
-    fmt = torch.contiguous_format
-    return count_flops(lambda: forward_backward(bundle.model, bundle.model, bundle.normalize, batch,
-                                                torch.device("cpu"), loss_fn, [], fmt, False)) / 2  # fmt: skip
+    texts = bundle.tokenizer(["a photo of a bag."] * batch)
+    images = torch.randint(0, 256, (batch, 3, bundle.image_size, bundle.image_size), dtype=torch.uint8)
+    micro = [{"image": images, "image_aug": images.clone(), "text": texts, "text_aug": texts.clone()}]
+    cpu, fmt = torch.device("cpu"), torch.contiguous_format
+    return count_flops(lambda: forward_backward(bundle.model, bundle.model, bundle.normalize, micro, cpu, loss_fn,
+                                                [], fmt, False)) / batch  # fmt: skip
 
 
 def main() -> None:
@@ -105,7 +106,7 @@ def main() -> None:
                     raise
                 micro //= 2  # exact accumulation: the same step over smaller forward passes
                 torch.cuda.empty_cache()
-        flops = flops_per_sample(args.model, objective, device)
+        flops = flops_per_sample(args.model, 2, objective)
         results[objective]["train_flops_per_sample"] = flops
         results[objective]["matmul_peak_share"] = results[objective]["synthetic_samples_per_s"] * flops / peak
     precision = "bf16" if device.type == "cuda" else "fp32"

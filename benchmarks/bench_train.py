@@ -29,14 +29,13 @@ from open_clip.loss import ClipLoss
 from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import count_flops, machine, matmul_peak_flops, write_result
+from bench_gpu import flops_per_sample, measure
+from common import machine, matmul_peak_flops, write_result
 
 from clipbackdoor.config import load_config
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
 from clipbackdoor.models import create_model
-from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.train.loop import fit
-from clipbackdoor.train.step import encode
 
 OBJECTIVES = {"mmcl": "{mmcl: 1.0}", "mmcl+ssl": "{mmcl: 1.0, ssl: 1.0}"}
 
@@ -85,53 +84,10 @@ def plain_open_clip(model_name: str, batch: int, steps: int, seed: int = 0) -> f
     return samples / (time.perf_counter() - start)
 
 
-def flops_per_sample(model_name: str, batch: int, objective: str) -> float:
-    """FLOPs of one training step (forward + backward) per pair, as our loop runs it."""
-    bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
-    loss_fn = WeightedObjective(load_config("demo", [f"objective={OBJECTIVES[objective]}"]).objective)
-    size = bundle.image_size
-    texts = bundle.tokenizer(["a photo of a bag."] * batch)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    data = {"image": images, "image_aug": images.clone(), "text": texts, "text_aug": texts.clone()}
-
-    def step() -> None:
-        loss_fn(encode(bundle.model, bundle.normalize, data, torch.device("cpu"), loss_fn.views))[0].backward()
-
-    return count_flops(step) / batch
-
-
 def synthetic(model_name: str, batch: int, steps: int, objective: str, device: torch.device) -> float:
     """Samples/s of our training step (encode + objective + AdamW) on random uint8 tensors already on the
     device: the model's speed without the loader. bf16 and channels_last on a GPU, fp32 on CPU."""
-    torch.manual_seed(0)
-    bundle = create_model(load_config("demo", [f"model.name={model_name}"]).model)
-    cuda = device.type == "cuda"
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    model = bundle.model.to(device, memory_format=fmt)
-    normalize = bundle.normalize.to(device)
-    loss_fn = WeightedObjective(load_config("demo", [f"objective={OBJECTIVES[objective]}"]).objective).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    size = bundle.image_size
-    texts = bundle.tokenizer(["a photo of a bag."] * batch).to(device)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
-    data = {"image": images, "image_aug": images.flip(-1), "text": texts, "text_aug": texts.clone()}
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = loss_fn(encode(model, normalize, data, device, loss_fn.views, fmt))[0]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()  # warm-up: allocations, cuDNN autotuning
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start)
+    return measure(model_name, objective, batch, batch, steps, device)["synthetic_samples_per_s"]
 
 
 def decoded_files(model_name: str, batch: int, steps: int, objective: str, workdir: Path, workers: int) -> float:
