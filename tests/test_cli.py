@@ -57,7 +57,7 @@ def test_demo_study_runs_every_stage_on_tiny_data_and_resumes(fmnist_root: Path,
     study = [
         f"output_dir={tmp_path}",
         "overrides={" + ", ".join(f"'{k}': {v}" for k, v in base.items()) + "}",
-        "defenses.cleanclip.space.train\\.lr.grid=[1.0e-4, 3.0e-3]",
+        "defenses.cleanclip.space.train\\.lr.grid=[3.0e-3]",
         "defenses.cleanclip.overrides={train.epochs: 1, train.batch_size: 16, train.warmup_steps: 1}",
         "defenses.mmcl-only.overrides={train.epochs: 1, train.batch_size: 16, train.warmup_steps: 1}",
         "defenses.mmcl-only.space.train\\.lr.grid=[1.0e-3]",
@@ -71,7 +71,7 @@ def test_demo_study_runs_every_stage_on_tiny_data_and_resumes(fmnist_root: Path,
     sweeps = sorted(p.name for p in (root / "sweeps").iterdir())
     assert sweeps == ["mmcl--cleanclip", "mmcl--mmcl-only", "mmcl-ssl--cleanclip", "mmcl-ssl--mmcl-only"]
     trials = sorted((root / "sweeps").glob("*/trials/trial-*/metrics.jsonl"))
-    assert len(trials) == 2 * (2 + 1)
+    assert len(trials) == 2 * (1 + 1)
     assert (root / "report" / "report.html").is_file() and (root / "report" / "figures" / "ca_vs_asr.png").is_file()
     stamps = [t.stat().st_mtime for t in trials]
     assert main(["demo", *study]) == 0  # resumed: every stage is found finished, no trial runs again

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -32,6 +33,7 @@ def _epochs(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
 
+@pytest.mark.slow  # CI keeps a SIGKILL mid-checkpoint-write + resume: tests/test_ddp_bad_data.py
 def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(fmnist_root: Path, tmp_path: Path) -> None:
     extra = {"train.epochs": 3, "data.train": f"{{source: fashion-mnist, root: {fmnist_root}, max_samples: 128}}"}
     reference = tiny_overrides(fmnist_root, tmp_path, **{**extra, "name": "reference"})

@@ -4,6 +4,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -84,6 +85,7 @@ def test_two_ranks_match_one_process_with_the_double_batch(tmp_path: Path) -> No
             assert torch.allclose(ranks[1][name][1][key], g, rtol=1e-3, atol=1e-6), f"{name}: {key}"
 
 
+@pytest.mark.slow  # CI: every objective under 2 ranks in test_accumulation, the CLI under torchrun in test_rehearsal
 def test_torchrun_two_ranks_trains_like_one_process(fmnist_root: Path, tmp_path: Path) -> None:
     """Every objective at once, through the CLI under torchrun (gloo), against a 1-process run: one config,
     the same global batch of 16 on either."""

@@ -24,7 +24,7 @@ from clipbackdoor.augment import ViewMaker
 from clipbackdoor.augment.wordnet import SYSTEM_WORDNET, synonyms, wordnet
 from clipbackdoor.config import AugmentConfig, CsvPairs, ModelConfig, WebDatasetPairs
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
-from clipbackdoor.data.webdataset_source import write_shards
+from clipbackdoor.data.webdataset_source import png_bytes, write_shards
 from clipbackdoor.models import create_model
 from clipbackdoor.train.batching import BatchLayout
 
@@ -146,7 +146,7 @@ def test_csv_pairs_text_views_equal_across_worker_counts(tmp_path: Path) -> None
 
 def test_shard_pairs_text_views_equal_across_worker_counts(tmp_path: Path) -> None:
     captions = _captions(part=2, n=96)
-    pairs = ((f"{i:06d}", _image(i), caption) for i, caption in enumerate(captions))
+    pairs = ((f"{i:06d}", png_bytes(_image(i)), "png", caption) for i, caption in enumerate(captions))
     files = write_shards(pairs, str(tmp_path / "s-%03d.tar"), per_shard=12)
     assert len(files) == 8  # splits evenly over 2 and 4 workers: every worker reads whole shards once
     cfg = WebDatasetPairs(urls=str(tmp_path / "s-{000..007}.tar"), epoch_samples=96, resampled=False, shuffle_buffer=1)

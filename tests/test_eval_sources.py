@@ -34,6 +34,16 @@ def test_imagenet_folder_with_a_labels_file_or_cleanclip_csv(tmp_path: Path) -> 
     cfg = load_config("demo", [f"data.eval={{source: imagenet, labels: {tmp_path / 'val.txt'}}}"])
     assert isinstance(cfg.data.eval, ImageNetLabelled)
 
+    # a subset of the classes: the classifier holds only these, images of the others are left out
+    subset = ImageNetLabelled(labels=str(tmp_path / "val.txt"), folder=str(tmp_path / "val"),
+                              classes=["banana", "tench"])  # fmt: skip
+    ds = build_labelled_dataset(subset, 32)
+    assert ds.classnames == ["banana", "tench"] and len(ds) == 2
+    assert [ds[i]["label"] for i in range(2)] == [1, 0]  # a.JPEG is class 0 (tench), c.JPEG 954 (banana)
+    assert ds.rows.row_id(1) == 4  # still named by its line in val.txt
+    with pytest.raises(ValueError, match="not ImageNet class names"):
+        ImageNetLabelled(labels="x", classes=["bananas"])
+
 
 def test_torchvision_dataset_on_disk_and_a_clear_error_when_absent(fmnist_root: Path, tmp_path: Path) -> None:
     raw = tmp_path / "FashionMNIST" / "raw"

@@ -62,6 +62,7 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # CI: two sweep workers on one journal study in test_rehearsal and test_sweep_devices
 def test_two_workers_share_one_study_in_postgresql(poisoned: Path, tmp_path: Path, postgres_url: str) -> None:
     grid = [1e-5, 1e-4, 1e-3, 3e-3]
     config = tmp_path / "sweep.yaml"

@@ -15,7 +15,7 @@ from PIL import Image
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, CsvPairs, ModelConfig, WebDatasetPairs
 from clipbackdoor.data import BadRow, build_pair_dataset, build_pair_rows
-from clipbackdoor.data.webdataset_source import shard_urls, write_shards
+from clipbackdoor.data.webdataset_source import png_bytes, shard_urls, write_shards
 from clipbackdoor.models import create_model
 from clipbackdoor.train.batching import BatchLayout
 
@@ -27,7 +27,8 @@ TOKENIZER = create_model(ModelConfig(name="tiny-rn")).tokenizer
 
 def _shards(folder: Path, n: int = 40, per_shard: int = 10) -> str:
     folder.mkdir(parents=True, exist_ok=True)
-    pairs = ((f"{i:06d}", Image.new("RGB", (28, 28), (i, i, i)), f"a photo of item {i}") for i in range(n))
+    pairs = ((f"{i:06d}", png_bytes(Image.new("RGB", (28, 28), (i, i, i))), "png", f"a photo of item {i}")
+             for i in range(n))  # fmt: skip
     files = write_shards(pairs, str(folder / "s-%03d.tar"), per_shard)
     assert len(files) == n // per_shard
     return str(folder / f"s-{{000..{len(files) - 1:03d}}}.tar")
@@ -92,6 +93,7 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow  # CI: shards -> shards -> 2-rank torchrun in test_rehearsal
 def test_poisoned_shards_train_through_two_rank_torchrun(fmnist_root: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     poison = [

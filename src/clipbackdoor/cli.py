@@ -214,6 +214,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    import os
+
+    from clipbackdoor.synth import synthesize
+
+    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+    m = synthesize(
+        args.out,
+        pairs=args.pairs,
+        eval_images=args.eval_images,
+        classes=args.classes,
+        target=args.target,
+        target_share=args.target_share,
+        corrupt=args.corrupt,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        min_side=args.min_side,
+        max_side=args.max_side,
+        overwrite=args.force,
+        workers=workers,
+    )
+    kinds = ", ".join(f"{c['kind']} (line {c['csv_line']})" for c in m.corrupt) or "none"
+    print(
+        f"{m.out}: {m.pairs} pairs ({m.target_named} captions name {m.target!r}), {len(m.shards)} shard(s), "
+        f"{m.eval_images} eval images of {len(m.classes)} classes, in {m.seconds:.1f} s\n"
+        f"classes: {', '.join(f'{n} ({i})' for n, i in zip(m.classes, m.class_indices, strict=True))}\n"
+        f"corrupt rows: {kinds}\n"
+        f"use:\n  data.train='{m.config()['csv']}'\n  data.train=\"{m.config()['webdataset']}\"\n"
+        f"  data.eval='{m.config()['eval']}'\n"
+        f"  poison.target.name={m.target!r}"
+        + (f" poison.target.aliases='{json.dumps(m.target_aliases)}'" if m.target_aliases else "")
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipbackdoor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -280,6 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **overrides)
     p.add_argument("--gpus", type=int, help="processes for training (a study's pre-training); default: its launcher")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("synth", help="write synthetic web-like data: CSV + JPEGs, WebDataset shards, ImageNet eval set")
+    p.add_argument("out", help="folder to write (train.csv, images/, shards/, imagenet/, synth.json)")
+    p.add_argument("--pairs", type=int, default=2000, help="training image–caption pairs (default 2000)")
+    p.add_argument("--eval-images", type=int, default=200, help="labelled evaluation images (default 200)")
+    p.add_argument("--classes", type=int, default=10, help="ImageNet classes drawn, the target among them (2-20)")
+    p.add_argument("--target", default="banana", help="attack target: an ImageNet class name (default banana)")
+    p.add_argument("--target-share", type=float, default=0.05, help="fraction of pairs showing the target")
+    p.add_argument("--corrupt", type=int, default=8, help="corrupt samples: truncated, empty, non-image, no caption")
+    p.add_argument("--shard-size", type=int, default=500, help="samples per WebDataset shard (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-side", type=int, default=120, help="smallest image side in pixels (default 120)")
+    p.add_argument("--max-side", type=int, default=640, help="largest image side in pixels (default 640)")
+    p.add_argument("--workers", type=int, help="processes drawing images (default: CPU count, at most 8)")
+    p.add_argument("--force", action="store_true", help="replace what an earlier synth wrote in OUT")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="the embedded default: the reduced Fashion-MNIST study (about 15 minutes)")
     p.add_argument("overrides", **overrides)

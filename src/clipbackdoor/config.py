@@ -122,6 +122,19 @@ class ImageNetLabelled(_Strict):
     folder: str | None = Field(None, description="where the image paths start; default: the labels file's folder")
     max_samples: int | None = Field(None, ge=1)
     templates: list[Template] | None = Field(None, description="default: open_clip's 80 OpenAI templates")
+    classes: list[str] | None = Field(
+        None, description="evaluate over these ImageNet class names only (a subset: images of others are left out)"
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, v: list[str] | None) -> list[str] | None:
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        unknown = [name for name in v or [] if name not in IMAGENET_CLASSNAMES]
+        if unknown:
+            raise ValueError(f"not ImageNet class names (open_clip's list): {unknown[:5]}")
+        return v
 
 
 class TorchvisionLabelled(_Strict):

@@ -10,6 +10,7 @@ would make the run another experiment than the one intended.
 from __future__ import annotations
 
 import json
+import tarfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -103,7 +104,22 @@ def count_pairs(source: Any) -> Count:
         return Count(None, f"{path} does not exist and expected_pairs is not set")
     if isinstance(source, WebDatasetPairs) and source.epoch_samples is not None:
         return Count(source.epoch_samples, "epoch_samples")
-    return Count(None, "shards are not counted; set epoch_samples")
+    if isinstance(source, WebDatasetPairs) and source.access == "index":
+        return Count(_shard_samples(source), "samples counted in the shards")
+    return Count(None, "streamed shards are not counted; set epoch_samples")
+
+
+def _shard_samples(source: WebDatasetPairs) -> int | None:
+    """Samples with a caption member in local .tar shards (headers only: no image is read)."""
+    from clipbackdoor.data.webdataset_source import shard_urls
+
+    keys = set()
+    for url in shard_urls(source.urls):
+        if not Path(url).is_file():
+            return None
+        with tarfile.open(url) as tar:
+            keys |= {(url, m.name.partition(".")[0]) for m in tar if m.name.endswith("." + source.caption_key)}
+    return len(keys)
 
 
 def count_eval_images(source: Any) -> Count:

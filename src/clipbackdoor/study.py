@@ -11,6 +11,7 @@ worker's device slot (``devices``, ``devices_per_trial``).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -103,10 +104,17 @@ def load_study_config(source: str | Path, overrides: list[str] | None = None) ->
 
 
 def stage_overrides(cfg: StudyConfig) -> list[str]:
-    """The base config's overrides, with the poisoned data (and what reads it) moved into the study dir."""
+    """The base config's overrides, with the poisoned data (and what reads it) moved into the study dir.
+
+    Pre-training reads the poisoned CSV, or the poisoned shards once poisoning has written them
+    (``poison.shard_size``), indexed so that any number of processes trains on the same batches."""
     data = cfg.study_dir / "data"
-    moved = {"poison.output": str(data), "data.train": {"source": "csv", "path": str(data / "train.csv")}}
-    moved["eval.attack"] = str(data / "manifest.json")
+    train: dict[str, Any] = {"source": "csv", "path": str(data / "train.csv")}
+    manifest = data / "manifest.json"
+    shards = json.loads(manifest.read_text()).get("files", {}).get("shards") if manifest.is_file() else None
+    if shards:
+        train = {"source": "webdataset", "access": "index", "urls": str(data / shards)}
+    moved = {"poison.output": str(data), "data.train": train, "eval.attack": str(manifest)}
     return as_overrides({**moved, **cfg.overrides})
 
 

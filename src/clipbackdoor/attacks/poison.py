@@ -24,8 +24,8 @@ from clipbackdoor.attacks.manifest import Manifest, load_manifest
 from clipbackdoor.config import CsvPairs, FashionMNISTPairs, PoisonConfig, read_yaml, save_config
 from clipbackdoor.data import BadRow, DataError, build_pair_rows, fashion_mnist
 from clipbackdoor.data.datasets import DECODE_ERRORS
-from clipbackdoor.data.transforms import ResizeCenterCrop, open_image
-from clipbackdoor.data.webdataset_source import write_shards
+from clipbackdoor.data.transforms import ResizeCenterCrop
+from clipbackdoor.data.webdataset_source import ShardRows, write_shards
 
 GENERIC_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
 
@@ -95,7 +95,12 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
         poisoned = i in poisons
         relative = f"images/{i // 1000:04d}/{i:07d}.png"
         try:
-            if poisoned or csv_root is None:
+            if not poisoned and isinstance(rows, ShardRows):  # a clean sample keeps its bytes (the user's JPEG)
+                data, ext = rows.raw(i)
+                relative = relative.replace(".png", f".{ext}")
+                (out / relative).parent.mkdir(exist_ok=True)
+                (out / relative).write_bytes(data)
+            elif poisoned or csv_root is None:
                 image = rows.pil(i)
                 if poisoned:
                     pixels = to_size(image).permute(1, 2, 0).numpy()
@@ -131,7 +136,10 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
         manifest.cleaning = _write_cleaning_set(out, records, poison_rows, cfg)
         manifest.files["cleaning"] = "cleaning.csv"
     if cfg.shard_size is not None:  # sample keys are the row numbers of train.csv, so poison_rows name them
-        pairs = ((f"{i:09d}", open_image(str(out / path)), caption) for i, (path, caption) in enumerate(records))
+        pairs = (
+            (f"{i:09d}", (out / path).read_bytes(), Path(path).suffix.lstrip(".").lower(), caption)
+            for i, (path, caption) in enumerate(records)
+        )
         (out / "shards").mkdir(exist_ok=True)
         shards = write_shards(pairs, str(out / "shards" / "train-%05d.tar"), cfg.shard_size)
         manifest.files["shards"] = f"shards/train-{{00000..{len(shards) - 1:05d}}}.tar"

@@ -21,7 +21,7 @@ from clipbackdoor.data import fashion_mnist
 from clipbackdoor.data.bad_rows import BadRow, BadRowLog, DataError
 from clipbackdoor.data.csv_source import CsvCaptionRows, CsvLabelRows
 from clipbackdoor.data.datasets import LabelledDataset, PairDataset, collate_skipping_bad
-from clipbackdoor.data.labelled_sources import TorchvisionRows, imagenet_rows
+from clipbackdoor.data.labelled_sources import ClassSubset, TorchvisionRows, imagenet_rows
 from clipbackdoor.data.sampling import GlobalBatchSampler
 from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.data.webdataset_source import ShardPairs, ShardRows
@@ -87,6 +87,9 @@ def build_labelled_dataset(cfg: LabelledSourceConfig, image_size: int) -> Labell
         classnames = list(IMAGENET_CLASSNAMES)
         templates = cfg.templates or [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
         rows = imagenet_rows(cfg.labels, cfg.folder, len(classnames), cfg.max_samples)
+        if cfg.classes:
+            rows = ClassSubset(rows, [classnames.index(name) for name in cfg.classes])
+            classnames = list(cfg.classes)
     elif isinstance(cfg, TorchvisionLabelled):
         rows = TorchvisionRows(cfg.name, cfg.root, cfg.split, cfg.max_samples)
         classnames, templates = rows.classes, cfg.templates

@@ -63,6 +63,31 @@ def imagenet_rows(
     return ImageNetRows(labels, folder, num_classes, max_samples)
 
 
+class ClassSubset:
+    """The rows of ``rows`` whose class is among ``keep`` (class indices), labelled by position in ``keep``:
+    zero-shot evaluation over a subset of the classes (the classifier holds only those)."""
+
+    def __init__(self, rows: ImageNetRows | CsvLabelRows, keep: list[int]):
+        position = {label: i for i, label in enumerate(keep)}
+        self.rows, self.source, self.bad = rows, rows.source, rows.bad
+        self.index = [i for i in range(len(rows)) if rows.label(i) in position]
+        self.labels = [position[rows.label(i)] for i in self.index]
+        if not self.index:
+            raise DataError(f"{rows.source}: no image of the classes {keep}")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def row_id(self, index: int) -> int:
+        return self.rows.row_id(self.index[index])
+
+    def pil(self, index: int) -> Image.Image:
+        return self.rows.pil(self.index[index])
+
+    def label(self, index: int) -> int:
+        return self.labels[index]
+
+
 class TorchvisionRows:
     """A torchvision classification dataset on disk, read row by row; its ``classes`` are the class names."""
 

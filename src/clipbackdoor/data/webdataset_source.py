@@ -146,13 +146,18 @@ class ShardPairs(IterableDataset):
         return item
 
 
-def write_shards(pairs: Iterator[tuple[str, Image.Image, str]], pattern: str, per_shard: int = 1000) -> list[str]:
-    """Write (key, image, caption) pairs as img2dataset-style shards (``.png`` + ``.txt``); returns the files."""
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_shards(samples: Iterator[tuple[str, bytes, str, str]], pattern: str, per_shard: int = 1000) -> list[str]:
+    """Write (key, encoded image, its extension, caption) samples as img2dataset-style shards
+    (``<key>.<ext>`` + ``<key>.txt``); the image bytes go in as they are. Returns the files."""
     with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
-        for key, image, caption in pairs:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            sink.write({"__key__": key, "png": buffer.getvalue(), "txt": caption.encode("utf-8")})
+        for key, data, ext, caption in samples:
+            sink.write({"__key__": key, ext: data, "txt": caption.encode("utf-8")})
         count = sink.shard
     return [pattern % i for i in range(count)]
 
@@ -167,7 +172,7 @@ class ShardRows:
     def __init__(self, cfg: WebDatasetPairs):
         self.source = str(cfg.urls)
         self.bad: list[BadRow] = []
-        self.entries: list[tuple[str, int, int, str]] = []  # (shard, image offset, image size, caption)
+        self.entries: list[tuple[str, int, int, str, str]] = []  # (shard, image offset, size, extension, caption)
         for url in shard_urls(cfg.urls):
             try:
                 self._index(url, cfg)
@@ -197,7 +202,8 @@ class ShardRows:
                     reason = "no image" if image is None else "empty caption" if caption == "" else "not UTF-8"
                     self.bad.append(BadRow(url, position, f"sample {key!r}: {reason}"))
                     continue
-                self.entries.append((url, image.offset_data, image.size, caption))
+                ext = image.name.partition(".")[2]
+                self.entries.append((url, image.offset_data, image.size, ext, caption))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -206,13 +212,16 @@ class ShardRows:
         return index
 
     def caption(self, index: int) -> str:
-        return self.entries[index][3]
+        return self.entries[index][4]
 
-    def pil(self, index: int) -> Image.Image:
-        url, offset, size, _ = self.entries[index]
+    def raw(self, index: int) -> tuple[bytes, str]:
+        """The image's bytes as stored, and its extension (``jpg``): copied on without decoding."""
+        url, offset, size, ext, _ = self.entries[index]
         with open(url, "rb") as f:
             f.seek(offset)
-            data = f.read(size)
-        with Image.open(io.BytesIO(data)) as im:
+            return f.read(size), ext
+
+    def pil(self, index: int) -> Image.Image:
+        with Image.open(io.BytesIO(self.raw(index)[0])) as im:
             im.load()
             return im.copy()

@@ -365,10 +365,8 @@ class Worker:
 
     def _budget_met_before(self, trial: optuna.Trial) -> bool:
         """Workers check the budget and then create a trial, so several may pass the check for the last
-        run; only the lowest-numbered ones run, the rest are pruned (pruned trials do not count). A grid
-        hands each worker a different point and stops by itself."""
-        if self.cfg.sampler == "grid":
-            return False
+        run; only the lowest-numbered ones run, the rest are pruned (pruned trials do not count). A grid too:
+        with more workers than points left, Optuna's GridSampler hands out a point that is still running."""
         trials = self.study.get_trials(deepcopy=False)
         return sum(t.number < trial.number and _counts_toward_budget(t) for t in trials) >= budget(self.cfg)
 
