@@ -48,6 +48,8 @@ class Count:
 
 @dataclass
 class Stage:
+    """One stage of a plan (a pre-training, or one sweep's cleaning runs): what it runs, and on what."""
+
     name: str
     processes: int
     launcher: str
@@ -110,7 +112,7 @@ def count_pairs(source: Any) -> Count:
 
 
 def _shard_samples(source: WebDatasetPairs) -> int | None:
-    """Samples with a caption member in local .tar shards (headers only: no image is read)."""
+    """Samples with a non-empty caption member in local .tar shards (headers only: no image is read)."""
     from clipbackdoor.data.webdataset_source import shard_urls
 
     keys = set()
@@ -118,7 +120,8 @@ def _shard_samples(source: WebDatasetPairs) -> int | None:
         if not Path(url).is_file():
             return None
         with tarfile.open(url) as tar:
-            keys |= {(url, m.name.partition(".")[0]) for m in tar if m.name.endswith("." + source.caption_key)}
+            captions = (m for m in tar if m.name.endswith("." + source.caption_key) and m.size)
+            keys |= {(url, m.name.partition(".")[0]) for m in captions}
     return len(keys)
 
 
