@@ -24,7 +24,7 @@ triggers = st.one_of(
             "name": st.just("badnet"),
             "size": st.integers(1, 64),
             "reference_size": st.integers(8, 256),
-            "pattern": st.sampled_from(["noise", "solid", "checkerboard"]),
+            "pattern": st.sampled_from(["noise", "fixed-mean-noise", "solid", "checkerboard"]),
             "location": st.sampled_from(["random", "top-left", "bottom-right", "center", "four-corners"]),
             "color": st.lists(unit, min_size=3, max_size=3),
             "seed": seeds,

@@ -36,10 +36,32 @@ def test_patch_bounds_scaling_and_clipping() -> None:
     outside = torch.ones(28, 28, dtype=torch.bool)
     outside[:side, :side] = False
     assert torch.equal(y[:, :, outside], x[:, :, outside])
-    assert torch.equal(y[:, :, :side, :side], trigger.artifact("patch", 28).expand(4, -1, -1, -1))
-    big = build_trigger({"name": "badnet", "size": 64}).artifact("patch", 224)  # mean 0.5 + N(0, 1)
-    assert float(big.min()) == 0.0 and float(big.max()) == 1.0, "noise is clipped into [0, 1], not wrapped"
-    assert 0.3 < float((big == 1.0).float().mean()) < 0.4  # P(N(0,1) > 0.5) ≈ 0.31
+    noise = trigger.artifact("noise", 28)  # N(0, 1), fixed: the same draw on every image
+    for b in range(4):
+        mean = x[b].mean(dim=(1, 2)).view(3, 1, 1)
+        assert torch.equal(y[b, :, :side, :side], (mean + noise).clamp(0, 1))
+    fixed = build_trigger({"name": "badnet", "size": 64, "pattern": "fixed-mean-noise"}).artifact("patch", 224)
+    assert float(fixed.min()) == 0.0 and float(fixed.max()) == 1.0, "noise is clipped into [0, 1], not wrapped"
+    assert 0.3 < float((fixed == 1.0).float().mean()) < 0.4  # 0.5 + N(0, 1) > 1: P(N(0,1) > 0.5) ≈ 0.31
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_noise_patch_is_the_images_own_mean_plus_gaussian_noise(fresh: bool) -> None:
+    """The study's trigger: per-channel mean of each image + N(0, 1), clipped; on a dark image mostly dark."""
+    dark = torch.full((1, 3, 224, 224), 0.05)
+    bright = torch.full((1, 3, 224, 224), 0.9)
+    tinted = torch.stack([torch.full((224, 224), v) for v in (0.1, 0.5, 0.8)]).unsqueeze(0)
+    images = torch.cat([dark, bright, tinted])
+    trigger = build_trigger({"name": "badnet", "size": 16, "location": "top-left", "fresh_noise": fresh})
+    y = trigger.apply(images, torch.arange(3))[:, :, :16, :16]
+    for b, index in enumerate(range(3)):
+        noise = trigger._noise(16, 224, index) if fresh else trigger.artifact("noise", 224)
+        expected = (images[b].mean(dim=(1, 2)).view(3, 1, 1) + noise).clamp(0, 1)
+        assert torch.allclose(y[b], expected, atol=1e-6)
+    assert float(y[0].mean()) < 0.45 < float(y[1].mean())  # dark image, mostly dark patch; bright, bright
+    assert float((y[0] == 0).float().mean()) > 0.4  # 0.05 + N(0, 1) < 0: P ≈ 0.48
+    channel_means = y[2].mean(dim=(1, 2))
+    assert channel_means[0] < channel_means[1] < channel_means[2]  # each channel around its own mean
 
 
 def test_random_location_is_per_image_and_in_bounds() -> None:

@@ -1,7 +1,9 @@
 """BadNet patch triggers (Gu et al. 2017): a small square pasted onto the image.
 
-``pattern``: ``noise`` (per-channel ``mean`` + N(0, 1) noise, clipped to [0, 1] — the reference code let
-values wrap instead), ``solid`` (one ``color``) or ``checkerboard``. ``fresh_noise`` draws the noise anew
+``pattern``: ``noise`` — the study's: each image's OWN per-channel mean + N(0, 1), clipped to [0, 1] (the
+reference code let values wrap instead), so on a dark image the patch is mostly dark; ``fixed-mean-noise``
+(a fixed per-channel ``mean`` + N(0, 1), clipped: the same patch on every image); ``solid`` (one ``color``)
+or ``checkerboard``. ``fresh_noise`` draws the noise anew
 for every image, as the study's "random" trigger did; the default is one fixed pattern, the standard
 BadNet attack (on small data a per-image noise patch is barely learnable: DESIGN §5).
 ``location``: ``random`` (seeded per image), a corner (``top-left``, ...), ``center`` or ``four-corners``.
@@ -24,24 +26,30 @@ Unit = Annotated[float, Field(ge=0, le=1)]
 class BadNet(Trigger):
     name: Literal["badnet"] = "badnet"
     size: int = Field(16, ge=1, description="patch side in pixels at reference_size")
-    pattern: Literal["noise", "solid", "checkerboard"] = "noise"
+    pattern: Literal["noise", "fixed-mean-noise", "solid", "checkerboard"] = "noise"
     location: Literal["random", "center", "four-corners", "top-left", "top-right", "bottom-left", "bottom-right"] = (
         "random"
     )
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] = Field((0.5, 0.5, 0.5), description="fixed-mean-noise: its per-channel mean")
     std: float = Field(1.0, ge=0)
     color: tuple[Unit, Unit, Unit] = Field((1.0, 1.0, 0.0), description="solid colour in [0, 1] (yellow)")
     fresh_noise: bool = False
 
     def _noise(self, side: int, *key: int) -> torch.Tensor:
-        rng = self.rng(*key)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        return (mean + self.std * torch.from_numpy(rng.standard_normal((3, side, side)))).float().clamp(0, 1)
+        """std · N(0, 1) of one patch, before any mean is added (seeded by ``key``)."""
+        return self.std * torch.from_numpy(self.rng(*key).standard_normal((3, side, side))).float()
+
+    def _patch(self, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The noise patterns' patch for one image: a mean (its own, or the fixed one) + the noise, clipped."""
+        mean = image.mean(dim=(1, 2)) if self.pattern == "noise" else torch.tensor(self.mean, device=image.device)
+        return (mean.view(3, 1, 1) + noise).clamp(0, 1)
 
     def artifacts(self, image_size: int) -> dict[str, torch.Tensor]:
         side = self.scaled(self.size, image_size)
         if self.pattern == "noise":
-            patch = self._noise(side, image_size)
+            return {"noise": self._noise(side, image_size)}  # the patch also needs the image: made in apply
+        if self.pattern == "fixed-mean-noise":
+            patch = self._patch(torch.zeros(3, 1, 1), self._noise(side, image_size))
         elif self.pattern == "solid":
             patch = torch.tensor(self.color, dtype=torch.float32).view(3, 1, 1).expand(3, side, side).clone()
         else:
@@ -66,13 +74,14 @@ class BadNet(Trigger):
         out = images.clone()
         size = images.shape[-1]
         side = self.scaled(self.size, size)
-        fixed = self.artifact("patch", size, images.device)
+        noisy = self.pattern in ("noise", "fixed-mean-noise")
+        fixed = self.artifact("noise" if self.pattern == "noise" else "patch", size, images.device)
         for b, index in enumerate(indices.tolist()):
-            patch = (
-                self._noise(side, size, index).to(images.device)
-                if self.fresh_noise and self.pattern == "noise"
-                else fixed
-            )
+            patch = fixed
+            if noisy and self.fresh_noise:
+                patch = self._patch(images[b], self._noise(side, size, index).to(images.device))
+            elif self.pattern == "noise":
+                patch = self._patch(images[b], fixed)
             for row, col in self.positions(size, side, index):
                 out[b, :, row : row + side, col : col + side] = patch
         return out
