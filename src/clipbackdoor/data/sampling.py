@@ -50,12 +50,13 @@ class GlobalBatchSampler(Sampler[list[SampleKey]]):
         return torch.randperm(self.size, generator=g).tolist()
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        perm, n, lay = self.permutation(), self.size, self.layout
+        perm, lay, k = self.permutation(), self.layout, self.fallbacks
+        cyclic = perm + perm[:k]  # successors wrap around the epoch's end; one slice per sample
         for step in range(self.steps):
             first = step * lay.global_batch + self.rank * lay.per_process
             for micro in range(lay.accum_steps):
                 start = first + micro * lay.micro_batch
                 yield [
-                    (self.epoch, perm[p], tuple(perm[(p + 1 + q) % n] for q in range(self.fallbacks)))
+                    (self.epoch, perm[p], tuple(cyclic[p + 1 : p + 1 + k]))
                     for p in range(start, start + lay.micro_batch)
                 ]
