@@ -62,7 +62,9 @@ class BadNet(Trigger):
         far = image_size - side
         corners = {"top-left": (0, 0), "top-right": (0, far), "bottom-left": (far, 0), "bottom-right": (far, far)}
         if self.location == "random":
-            row, col = self.rng(image_size, index, 1).integers(0, far + 1, size=2).tolist()
+            # [0, W - s - 1], as the reference draws it (random.randint(0, W - s - 1)): the last row and column
+            # of positions are never used; we follow it so that triggered pixels match the study's
+            row, col = self.rng(image_size, index, 1).integers(0, max(far, 1), size=2).tolist()
             return [(row, col)]
         if self.location == "center":
             return [(far // 2, far // 2)]

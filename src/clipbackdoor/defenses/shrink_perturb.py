@@ -30,7 +30,8 @@ class ShrinkPerturbHook(Hook):
     def before_training(self, ctx: LoopContext) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed + 1)
-            fresh = create_model(ctx.model_config.model_copy(update={"checkpoint": None})).model
+            # a random initialisation: neither the run's checkpoint nor its pretrained weights
+            fresh = create_model(ctx.model_config.model_copy(update={"checkpoint": None, "pretrained": None})).model
         shrink_perturb_(ctx.bundle.model, fresh, self.shrink, self.perturb)
 
 
