@@ -4,11 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
 from clipbackdoor.attacks.poison import names_target, write_poisoned_dataset
-from clipbackdoor.config import CsvPairs, PoisonConfig
+from clipbackdoor.config import CsvPairs, PoisonConfig, load_config
 from clipbackdoor.data import DataError, build_pair_rows
 from clipbackdoor.data import fashion_mnist as fm
 
@@ -147,3 +148,39 @@ def test_poisoning_a_csv_source_links_the_clean_images_inside_the_new_root(tmp_p
     assert reread.bad == [] and len(reread) == 10  # every path stays inside the poisoned set's root
     clean = next(i for i in range(10) if i not in poisoned)
     assert np.array_equal(np.asarray(reread.pil(clean)), np.asarray(Image.open(src / "img" / f"{clean}.png")))
+
+
+def test_the_manifest_holds_filled_target_captions_and_old_ones_are_filled_when_read(
+    fmnist_root: Path, tmp_path: Path
+) -> None:
+    manifest = write_poisoned_dataset(_cfg(fmnist_root, tmp_path / "p"), progress=False)
+    assert manifest.target_captions == [t.format("bag") for t in fm.CAPTION_TEMPLATES]
+    assert manifest.target_templates == "fashion-mnist"
+    assert all("{}" not in c and names_target(c, ["bag"]) for c in manifest.target_captions)
+    path = tmp_path / "p" / "manifest.json"
+    old = json.loads(path.read_text())  # as written before: bare templates, no template set
+    old["target_captions"] = list(fm.CAPTION_TEMPLATES)
+    del old["target_templates"]
+    path.write_text(json.dumps(old))
+    loaded, _ = load_manifest(path)
+    assert loaded.target_captions == manifest.target_captions and loaded.target_templates is None
+
+
+def test_the_cc3m_recipe_poisons_with_the_80_openai_imagenet_templates(tmp_path: Path) -> None:
+    src = tmp_path / "cc"
+    src.mkdir()
+    for i in range(8):
+        Image.new("RGB", (40, 36), (30 * i, 0, 0)).save(src / f"{i}.png")
+    (src / "train.csv").write_text("image,caption\n" + "".join(f"{i}.png,a street at night {i}\n" for i in range(8)))
+    cfg = load_config("cc3m", [
+        f"poison.source={{source: csv, path: {src / 'train.csv'}}}", f"poison.output={tmp_path / 'out'}",
+        "poison.num_poisons=6", "poison.cleaning=null",
+    ]).poison  # fmt: skip
+    assert cfg is not None
+    manifest = write_poisoned_dataset(cfg, progress=False)
+    filled = [template("banana") for template in OPENAI_IMAGENET_TEMPLATES]
+    assert len(filled) == 80 and manifest.target_captions == filled
+    assert manifest.target_templates == "openai-imagenet"
+    rows = _rows(tmp_path / "out" / "train.csv")
+    assert all(rows[r]["caption"] in filled for r in manifest.poison_rows)
+    assert load_manifest(tmp_path / "out")[0] == manifest

@@ -1,10 +1,22 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from clipbackdoor.attacks import build_trigger
+from clipbackdoor.attacks.manifest import Manifest
 from clipbackdoor.cli import main
+from clipbackdoor.config import load_config
+from clipbackdoor.data import BadRowLog
+from clipbackdoor.evaluation import build_evaluator
 from clipbackdoor.evaluation.retrieval import hit_rate_at_k, recall_at_k
+from clipbackdoor.models import create_model
+
+TRIGGER = {"name": "badnet", "pattern": "solid", "color": [1, 1, 0], "size": 8, "reference_size": 32,
+           "location": "random"}  # fmt: skip
 
 
 def test_recall_and_hit_rate_on_a_constructed_similarity() -> None:
@@ -28,7 +40,70 @@ def test_retrieval_metrics_are_recorded_with_the_zero_shot_ones(poisoned: Path, 
     assert main(["evaluate", str(poisoned), "--out", str(out), spec]) == 0
     record = json.loads(out.read_text())
     assert record["eval/retrieval_n"] == 32
-    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "asr_r1", "asr_r5"):
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "asr_any_r1", "asr_any_r5", "asr_half_r1", "asr_half_r5"):
         assert 0.0 <= record[f"eval/retrieval_{key}"] <= 100.0, key
     assert record["eval/retrieval_i2t_r5"] >= record["eval/retrieval_i2t_r1"]
+    assert record["eval/retrieval_asr_any_r5"] >= record["eval/retrieval_asr_half_r5"]  # half needs 2 of the 5
     assert "eval/clean_top1" in record and "eval/asr_top1" in record
+
+
+def _similarity_from_orders(orders: list[list[int]]) -> torch.Tensor:
+    """A similarity matrix whose row r ranks the columns as ``orders[r]`` (most similar first)."""
+    sim = torch.zeros(len(orders), len(orders[0]))
+    for r, order in enumerate(orders):
+        for position, column in enumerate(order):
+            sim[r, column] = 1.0 - position / 10
+    return sim
+
+
+def test_half_of_k_needs_that_many_target_captions_where_any_needs_one() -> None:
+    wanted = torch.tensor([False, False, False, True, True, True])  # columns 3-5: captions naming the target
+    sim = _similarity_from_orders(
+        [
+            [0, 3, 1, 2, 4, 5],  # top 4 holds one target caption: a success for any@4, not for half@4 (needs 2)
+            [3, 4, 0, 1, 2, 5],  # two in the top 2
+            [0, 1, 2, 3, 4, 5],  # the first at rank 4: any@4 only
+            [0, 1, 3, 4, 2, 5],  # two in the top 4
+        ]
+    )
+    ks = (1, 2, 4, 6)  # needed: 1, 1, 2, 3
+    assert hit_rate_at_k(sim, wanted, ks, "any") == {1: 25.0, 2: 50.0, 4: 100.0, 6: 100.0}
+    assert hit_rate_at_k(sim, wanted, ks, "half") == {1: 25.0, 2: 50.0, 4: 50.0, 6: 100.0}
+
+
+def _pairs_and_an_old_manifest(root: Path) -> None:
+    """Six image–caption pairs, a labelled CSV of the same images and a manifest written before target
+    captions were filled (bare templates, no ``target_templates``)."""
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    (root / "pairs.csv").write_text("image,caption\n" + "".join(f"{i}.png,photo {i} of a shirt.\n" for i in range(6)))
+    (root / "eval.csv").write_text("image,label\n" + "".join(f"{i}.png,{i % 2}\n" for i in range(6)))
+    Manifest(TRIGGER, "bag", [], "dirty-label", 0, 32, 6, [], {}).save(root / "attack", build_trigger(TRIGGER))
+    raw = json.loads((root / "attack" / "manifest.json").read_text())
+    raw.pop("target_templates", None)
+    raw["target_captions"] = ["a photo of a {}.", "a picture of a {}."]
+    (root / "attack" / "manifest.json").write_text(json.dumps(raw))
+
+
+def test_the_gallery_holds_the_filled_target_captions_and_the_chosen_definitions(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _pairs_and_an_old_manifest(root)
+    cfg = load_config("demo", [
+        f"data.eval={{source: csv, path: {root / 'eval.csv'}, classnames: [shirt, bag]}}", "model.name=tiny-rn",
+        f"eval.attack={root / 'attack'}", f"eval.retrieval={{path: {root / 'pairs.csv'}, k: [1, 2], asr: [half]}}",
+    ])  # fmt: skip
+    torch.manual_seed(0)
+    bundle = create_model(cfg.model)
+    tokenized: list[list[str]] = []
+
+    def recording(texts: list[str]) -> torch.Tensor:
+        tokenized.append(list(texts))
+        return bundle.tokenizer(texts)
+
+    evaluator = build_evaluator(cfg, bundle.image_size, BadRowLog(0), bundle.tokenizer)
+    result = evaluator(replace(bundle, tokenizer=recording), torch.device("cpu"))
+    assert ["a photo of a bag.", "a picture of a bag."] in tokenized, "the target captions, filled, join the gallery"
+    assert not any("{}" in text for texts in tokenized for text in texts)
+    assert {k for k in result if k.startswith("retrieval_asr")} == {"retrieval_asr_half_r1", "retrieval_asr_half_r2"}

@@ -122,18 +122,24 @@ class ImageNetLabelled(_Strict):
     folder: str | None = Field(None, description="where the image paths start; default: the labels file's folder")
     max_samples: int | None = Field(None, ge=1)
     templates: list[Template] | None = Field(None, description="default: open_clip's 80 OpenAI templates")
-    classes: list[str] | None = Field(
-        None, description="evaluate over these ImageNet class names only (a subset: images of others are left out)"
+    classes: list[str | int] | None = Field(
+        None,
+        description="evaluate over these ImageNet classes only, by name or index (a subset: images of others are "
+        "left out); a name ImageNet repeats (missile, sunglasses) must be given by index",
     )
 
     @field_validator("classes")
     @classmethod
-    def _known_classes(cls, v: list[str] | None) -> list[str] | None:
+    def _known_classes(cls, v: list[str | int] | None) -> list[str | int] | None:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-        unknown = [name for name in v or [] if name not in IMAGENET_CLASSNAMES]
+        from clipbackdoor.data import class_index
+
+        unknown = [name for name in v or [] if isinstance(name, str) and name not in IMAGENET_CLASSNAMES]
         if unknown:
             raise ValueError(f"not ImageNet class names (open_clip's list): {unknown[:5]}")
+        for j, spec in enumerate(v or []):
+            class_index(IMAGENET_CLASSNAMES, spec, f"classes[{j}]")  # an ambiguous name or an index out of range
         return v
 
 
@@ -168,6 +174,11 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field("tiny-rn", description="open_clip model name (RN50, ViT-B-32, ...) or ours (tiny-rn)")
     checkpoint: str | None = Field(None, description="weights to start from: ours, CleanCLIP, open_clip, a state dict")
+    checkpoint_quick_gelu: bool | None = Field(
+        None,
+        description="whether model.checkpoint was trained with QuickGELU (OpenAI's CLIP, CleanCLIP, CyCLIP were); "
+        "default: read off its layout. One that does not match the model ('-quickgelu' names have it) is refused",
+    )
     pretrained: str | None = Field(
         None, description="an open_clip pretrained tag (openai, laion2b_s34b_b79k, ...) whose weights are on disk"
     )
@@ -246,6 +257,12 @@ class RetrievalConfig(_Strict):
     path: str
     k: list[int] = Field(default_factory=lambda: [1, 5, 10])
     max_samples: int | None = Field(None, ge=1)
+    asr: list[Literal["any", "half"]] = Field(
+        default_factory=lambda: ["any", "half"],
+        description="retrieval ASR@k definitions to record (retrieval_asr_<definition>_r<k>): a triggered image "
+        "succeeds when among its k nearest captions there is one naming the target (any), or at least "
+        "max(1, k // 2) of them (half: the reference code's)",
+    )
 
 
 class EvalConfig(_Strict):
@@ -260,7 +277,12 @@ class EvalConfig(_Strict):
 # --------------------------------------------------------------------------------------------- poison
 class TargetConfig(_Strict):
     name: str = Field(description="target class name, as written in captions and in the eval class names")
-    templates: list[Template] | None = Field(None, description="caption templates for dirty-label poisons")
+    templates: list[Template] | Literal["openai-imagenet", "generic", "fashion-mnist"] | None = Field(
+        None,
+        description="caption templates for dirty-label poisons: a list with one '{}' each, or a named set "
+        "(openai-imagenet: the 80 prompts of the ImageNet evaluation, as the study); default: fashion-mnist for "
+        "a Fashion-MNIST source, else generic (4 'a photo of a {}.'-like templates)",
+    )
     aliases: list[str] = Field(
         default_factory=list, description="other words that name the target (label-consistent selection)"
     )

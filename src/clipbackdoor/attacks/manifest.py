@@ -1,8 +1,12 @@
 """The poison manifest: the one record of what was poisoned, how, and where; every later stage reads it.
 
-``manifest.json`` holds the trigger's parameters, the target, the mode, the seed and the indices of the
-poisoned rows of ``train.csv`` (and of the cleaning set); ``trigger.safetensors`` holds the realised
-pattern or warp grid. Whether a row is poisoned is read from here, never inferred from a file path.
+``manifest.json`` holds the trigger's parameters, the target and its captions, the mode, the seed and the
+indices of the poisoned rows of ``train.csv`` (and of the cleaning set); ``trigger.safetensors`` holds the
+realised pattern or warp grid. Whether a row is poisoned is read from here, never inferred from a file path.
+
+``target_captions`` are the caption templates filled with the target name (retrieval ASR puts them in the
+gallery). Manifests written before that held the bare templates ('a photo of a {}.'); they are filled when
+read, so they load as if written today.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ class ManifestError(ValueError):
     """A manifest is missing, malformed or inconsistent; the message names the file and key."""
 
 
+def fill_template(template: str, target: str) -> str:
+    """The caption a template with one '{}' makes for ``target`` (``str.format`` would also read other braces)."""
+    return template.replace("{}", target)
+
+
 @dataclass
 class Manifest:
     trigger: dict[str, Any]
@@ -38,6 +47,7 @@ class Manifest:
     cleaning: dict[str, Any] | None = None
     skipped_rows: list[str] = field(default_factory=list)
     format: str = FORMAT
+    target_templates: str | None = None  # the template set of target_captions (None: written before it was kept)
 
     def build_trigger(self) -> Trigger:
         return build_trigger(self.trigger, where="manifest.trigger")
@@ -53,7 +63,8 @@ class Manifest:
         return path
 
 
-_REQUIRED = {f for f in Manifest.__dataclass_fields__ if f not in ("files", "cleaning", "skipped_rows", "format")}
+_OPTIONAL = ("files", "cleaning", "skipped_rows", "format", "target_templates")
+_REQUIRED = {f for f in Manifest.__dataclass_fields__ if f not in _OPTIONAL}
 
 
 def load_manifest(path: str | Path) -> tuple[Manifest, Trigger]:
@@ -74,6 +85,7 @@ def load_manifest(path: str | Path) -> tuple[Manifest, Trigger]:
     if missing or unknown:
         raise ManifestError(f"{path}: missing keys {missing}, unknown keys {unknown}")
     manifest = Manifest(**raw)
+    manifest.target_captions = [fill_template(c, manifest.target) for c in manifest.target_captions]
     bad = [r for r in manifest.poison_rows if not (isinstance(r, int) and 0 <= r < manifest.num_rows)]
     if bad:
         raise ManifestError(f"{path}: poison_rows {bad[:5]} outside [0, num_rows={manifest.num_rows})")

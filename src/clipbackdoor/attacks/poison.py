@@ -5,7 +5,8 @@ triggered and saved as PNG, so the trigger sits in the pixels the model sees. Cl
 original image file (CSV sources) or are written once as PNG (in-memory sources such as Fashion-MNIST).
 
 Modes: ``dirty-label`` triggers N rows drawn at random and gives them a caption made from a random target
-template; ``label-consistent`` triggers N rows whose caption already names the target and keeps it.
+template; ``label-consistent`` triggers N rows whose caption already names the target and keeps it. The
+manifest records the target captions (every template filled with the target name) and the template set.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import re
 from pathlib import Path
 
 import numpy as np
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 from tqdm import tqdm
 
 from clipbackdoor.attacks.base import build_trigger
-from clipbackdoor.attacks.manifest import Manifest, load_manifest
+from clipbackdoor.attacks.manifest import Manifest, fill_template, load_manifest
 from clipbackdoor.config import CsvPairs, FashionMNISTPairs, PoisonConfig, read_yaml, save_config
 from clipbackdoor.data import BadRow, DataError, build_pair_rows, fashion_mnist
 from clipbackdoor.data.datasets import DECODE_ERRORS
@@ -28,6 +30,12 @@ from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.data.webdataset_source import ShardRows, write_shards
 
 GENERIC_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
+# the named sets of ``poison.target.templates``; openai-imagenet is what the ImageNet evaluation prompts with
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "openai-imagenet": tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES),
+    "generic": GENERIC_TEMPLATES,
+    "fashion-mnist": fashion_mnist.CAPTION_TEMPLATES,
+}
 
 
 def names_target(caption: str, names: list[str]) -> bool:
@@ -53,12 +61,12 @@ def choose_poisons(captions: list[str], cfg: PoisonConfig) -> list[int]:
     return sorted(rng.choice(candidates, size=cfg.num_poisons, replace=False).tolist())
 
 
-def _target_templates(cfg: PoisonConfig) -> list[str]:
-    if cfg.target.templates:
-        return list(cfg.target.templates)
-    if isinstance(cfg.source, FashionMNISTPairs):
-        return list(fashion_mnist.CAPTION_TEMPLATES)
-    return list(GENERIC_TEMPLATES)
+def target_templates(cfg: PoisonConfig) -> tuple[str, list[str]]:
+    """The dirty-label caption templates and where they come from (a set name, or ``config`` for a list)."""
+    chosen = cfg.target.templates or ("fashion-mnist" if isinstance(cfg.source, FashionMNISTPairs) else "generic")
+    if isinstance(chosen, list):
+        return "config", list(chosen)
+    return chosen, list(TEMPLATE_SETS[chosen])
 
 
 def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest:
@@ -76,7 +84,8 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
     captions = [rows.caption(i) for i in range(len(rows))]
     poisons = set(choose_poisons(captions, cfg))
     trigger = build_trigger(cfg.trigger)
-    templates = _target_templates(cfg)
+    template_set, templates = target_templates(cfg)
+    target_captions = [fill_template(t, cfg.target.name) for t in templates]
     caption_rng = np.random.default_rng([cfg.seed, 0xCA9])
     to_size = ResizeCenterCrop(cfg.image_size)
     csv_root = rows.root if isinstance(cfg.source, CsvPairs) else None
@@ -115,14 +124,14 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
         if poisoned:
             poison_rows.append(len(records))
             if cfg.mode == "dirty-label":
-                caption = templates[int(caption_rng.integers(len(templates)))].format(cfg.target.name)
+                caption = target_captions[int(caption_rng.integers(len(target_captions)))]
         records.append((relative, caption))
 
     _write_csv(out / "train.csv", records)
     manifest = Manifest(
         trigger=trigger.model_dump(mode="json"),
         target=cfg.target.name,
-        target_captions=templates,
+        target_captions=target_captions,
         mode=cfg.mode,
         seed=cfg.seed,
         image_size=cfg.image_size,
@@ -131,6 +140,7 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
         source=cfg.source.model_dump(mode="json"),
         files={"train": "train.csv"},
         skipped_rows=[str(b) for b in skipped],
+        target_templates=template_set,
     )
     if cfg.cleaning is not None:
         manifest.cleaning = _write_cleaning_set(out, records, poison_rows, cfg)

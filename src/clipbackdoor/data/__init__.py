@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -40,8 +40,30 @@ __all__ = [
     "build_labelled_dataset",
     "build_pair_dataset",
     "build_pair_rows",
+    "class_index",
     "collate_skipping_bad",
 ]
+
+
+def class_index(
+    classnames: Sequence[str], spec: str | int, key: str, remedy: str = "give the class index instead"
+) -> int:
+    """The index of the class ``spec`` names in ``classnames``: an index as given, or a name that occurs once.
+
+    ``list.index`` would silently take the first of a repeated name, and ImageNet repeats two (open_clip's
+    list: 'missile' at 657 and 744, 'sunglasses' at 836 and 837), so an ambiguous name is refused with its
+    indices and ``remedy``. ``key`` names the setting that gave ``spec``.
+    """
+    if isinstance(spec, int):
+        if not 0 <= spec < len(classnames):
+            raise ValueError(f"{key}: class index {spec} outside [0, {len(classnames)})")
+        return spec
+    matches = [i for i, name in enumerate(classnames) if name == spec]
+    if not matches:
+        raise ValueError(f"{key}: {spec!r} is not among the class names")
+    if len(matches) > 1:
+        raise ValueError(f"{key}: class name {spec!r} is ambiguous, it is class {matches}; {remedy}")
+    return matches[0]
 
 
 def build_pair_dataset(
@@ -88,8 +110,9 @@ def build_labelled_dataset(cfg: LabelledSourceConfig, image_size: int) -> Labell
         templates = cfg.templates or [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
         rows = imagenet_rows(cfg.labels, cfg.folder, len(classnames), cfg.max_samples)
         if cfg.classes:
-            rows = ClassSubset(rows, [classnames.index(name) for name in cfg.classes])
-            classnames = list(cfg.classes)
+            keep = [class_index(classnames, c, f"data.eval.classes[{j}]") for j, c in enumerate(cfg.classes)]
+            rows = ClassSubset(rows, keep)
+            classnames = [classnames[i] for i in keep]
     elif isinstance(cfg, TorchvisionLabelled):
         rows = TorchvisionRows(cfg.name, cfg.root, cfg.split, cfg.max_samples)
         classnames, templates = rows.classes, cfg.templates

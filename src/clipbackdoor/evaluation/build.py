@@ -13,12 +13,22 @@ import torch
 
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
 from clipbackdoor.config import CsvPairs, ExperimentConfig
-from clipbackdoor.data import BadRowLog, build_labelled_dataset, build_pair_dataset
+from clipbackdoor.data import BadRowLog, build_labelled_dataset, build_pair_dataset, class_index
 from clipbackdoor.evaluation.retrieval import RetrievalEvaluator
 from clipbackdoor.evaluation.zeroshot import Attack, ZeroShotEvaluator
 from clipbackdoor.models import ClipBundle
 
 Evaluator = Callable[[ClipBundle, torch.device], dict[str, float]]
+
+
+def _target_class(classnames: list[str], target: str, manifest_path: str) -> int:
+    """The eval class of the manifest's target, which must name exactly one class (ImageNet repeats two names)."""
+    remedy = "evaluate over a class subset given by index (data.eval.classes) that keeps one of them"
+    try:
+        return class_index(classnames, target, "target", remedy)
+    except ValueError as err:
+        shown = f"{classnames[:10]}{'...' if len(classnames) > 10 else ''}"
+        raise ManifestError(f"{manifest_path}: {err} (eval class names {shown})") from None
 
 
 def build_evaluator(
@@ -37,12 +47,7 @@ def build_evaluator(
     attack, manifest, trigger = None, None, None
     if cfg.eval.attack is not None:
         manifest, trigger = load_manifest(cfg.eval.attack)
-        if manifest.target not in dataset.classnames:
-            raise ManifestError(
-                f"{cfg.eval.attack}: target {manifest.target!r} is not among the eval class names "
-                f"{dataset.classnames[:10]}{'...' if len(dataset.classnames) > 10 else ''}"
-            )
-        attack = Attack(trigger, dataset.classnames.index(manifest.target))
+        attack = Attack(trigger, _target_class(dataset.classnames, manifest.target, cfg.eval.attack))
     zeroshot = ZeroShotEvaluator(
         dataset, cfg.eval.batch_size, cfg.data.num_workers, bad_rows, attack, rank=rank, world_size=world_size
     )
@@ -59,6 +64,7 @@ def build_evaluator(
         trigger,
         [manifest.target] if manifest else [],
         manifest.target_captions if manifest else [],
+        spec.asr,
         rank=rank,
         world_size=world_size,
     )

@@ -1,9 +1,12 @@
 """Image↔text retrieval on a CSV of pairs: recall@k both ways and, with an attack, retrieval ASR.
 
 Pair i's image should retrieve caption i (image→text) and caption i image i (text→image). Retrieval ASR
-is the backdoor seen through retrieval: the gallery also holds the attack's target captions, and a
-triggered image (one whose own caption does not name the target) counts as a success at k when a caption
-naming the target is among its k nearest captions.
+is the backdoor seen through retrieval: the gallery also holds the attack's target captions (its templates
+filled with the target name), and a triggered image (one whose own caption does not name the target)
+counts as a success at k under one of two definitions, each recorded under its own key:
+
+- ``any`` (``retrieval_asr_any_r{k}``): a caption naming the target is among its k nearest captions;
+- ``half`` (``retrieval_asr_half_r{k}``): at least max(1, ⌊k/2⌋) of them are, the reference code's rule.
 
 Under a process group every rank encodes its share of the batches (:class:`EvalShard`); the embeddings are
 then gathered in dataset order, so every rank scores the whole gallery exactly as one process would.
@@ -11,7 +14,7 @@ then gathered in dataset order, so every rank scores the whole gallery exactly a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,10 +25,19 @@ from clipbackdoor.data.transforms import to_unit
 from clipbackdoor.evaluation.shard import EvalShard
 from clipbackdoor.models import ClipBundle
 
+# retrieval ASR definitions: how many of the k nearest captions must name the target for a success at k
+ASR_HITS_NEEDED: dict[str, Callable[[int], int]] = {
+    "any": lambda k: 1,
+    "half": lambda k: max(1, k // 2),
+}
 
-def _share_at_k(hits: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """% of query rows with a hit among their first k columns of ``hits`` (rows x top-k, most similar first)."""
-    return {k: 100.0 * int(hits[:, :k].any(dim=1).sum()) / len(hits) for k in ks}
+
+def _share_at_k(
+    hits: torch.Tensor, ks: Sequence[int], needed: Callable[[int], int] = ASR_HITS_NEEDED["any"]
+) -> dict[int, float]:
+    """% of query rows with at least ``needed(k)`` hits among their first k columns of ``hits`` (rows x top-k,
+    most similar first)."""
+    return {k: 100.0 * int((hits[:, :k].sum(dim=1) >= needed(k)).sum()) / len(hits) for k in ks}
 
 
 def recall_at_k(similarity: torch.Tensor, truth: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
@@ -34,10 +46,13 @@ def recall_at_k(similarity: torch.Tensor, truth: torch.Tensor, ks: Sequence[int]
     return _share_at_k(top == truth.unsqueeze(1), ks)
 
 
-def hit_rate_at_k(similarity: torch.Tensor, wanted: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """% of query rows with any ``wanted`` column (a boolean mask over columns) among their k most similar."""
+def hit_rate_at_k(
+    similarity: torch.Tensor, wanted: torch.Tensor, ks: Sequence[int], definition: str = "any"
+) -> dict[int, float]:
+    """% of query rows whose k most similar columns hold enough ``wanted`` ones (a boolean mask over
+    columns): one for ``any``, max(1, ⌊k/2⌋) for ``half`` (:data:`ASR_HITS_NEEDED`)."""
     top = similarity.topk(min(max(ks), similarity.shape[1]), dim=1).indices
-    return _share_at_k(wanted[top], ks)
+    return _share_at_k(wanted[top], ks, ASR_HITS_NEEDED[definition])
 
 
 class RetrievalEvaluator:
@@ -52,12 +67,14 @@ class RetrievalEvaluator:
         trigger: Trigger | None = None,
         target_names: Sequence[str] = (),
         target_captions: Sequence[str] = (),
+        asr_definitions: Sequence[str] = ("any", "half"),
         *,
         rank: int = 0,
         world_size: int = 1,
     ):
         self.bad_rows, self.ks = bad_rows, tuple(ks)
         self.trigger, self.target_captions = trigger, list(target_captions)
+        self.asr_definitions = tuple(asr_definitions)
         self.shard = EvalShard(rank, world_size)
         self.loader = self.shard.loader(dataset, batch_size)
         # which pairs' own captions name the target: they are not triggered, and they answer for it (once)
@@ -112,7 +129,8 @@ class RetrievalEvaluator:
         if triggered_rows.any():
             gallery = torch.cat([text, target_text])
             wanted = torch.cat([self.names_target[readable.cpu()], torch.ones(len(target_text), dtype=torch.bool)])
-            triggered = table[triggered_rows, 2 * dim : 3 * dim]
-            for k, v in hit_rate_at_k(triggered @ gallery.T, wanted.to(gallery.device), self.ks).items():
-                result[f"retrieval_asr_r{k}"] = v
+            similarity = table[triggered_rows, 2 * dim : 3 * dim] @ gallery.T
+            for definition in self.asr_definitions:
+                for k, v in hit_rate_at_k(similarity, wanted.to(gallery.device), self.ks, definition).items():
+                    result[f"retrieval_asr_{definition}_r{k}"] = v
         return result
