@@ -2,16 +2,18 @@
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, ModelConfig
-from clipbackdoor.interop import CheckpointError, read_state_dict
+from clipbackdoor.interop import CheckpointError, openai_layout, read_state_dict
 from clipbackdoor.models import create_model
 from clipbackdoor.train import checkpoint as ckpt
 
@@ -46,9 +48,76 @@ def test_foreign_formats_load_with_identical_outputs(source, tmp_path: Path) -> 
         torch.save(obj, tmp_path / name)
     save_file({k: v.contiguous() for k, v in prefixed.items()}, str(tmp_path / "bare.safetensors"))
     for name in [*files, "bare.safetensors"]:
-        bundle = create_model(ModelConfig(name="tiny-rn", checkpoint=str(tmp_path / name)))
+        # the weights are a GELU model's: said so, as three of these layouts are also those of OpenAI's code
+        cfg = ModelConfig(name="tiny-rn", checkpoint=str(tmp_path / name), checkpoint_quick_gelu=False)
+        bundle = create_model(cfg)
         got = _outputs(bundle.model)
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), name
+
+
+def _cleanclip_file(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """What CleanCLIP / CyCLIP save after an epoch under DDP."""
+    prefixed = {f"module.{k}": v for k, v in state.items()}
+    torch.save({"epoch": 10, "name": "cleanclip", "state_dict": prefixed, "optimizer": {"lr": 1e-5}}, path)
+    return path
+
+
+def _zero_shot(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-prompt text features and the zero-shot logits of two images over those classes."""
+    model.eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prompts = open_clip.get_tokenizer("tiny-rn")(["a photo of a bag", "a photo of a shoe", "a photo of a coat"])
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(prompts), dim=-1)
+        image = F.normalize(model.encode_image(images), dim=-1)
+        return text, model.logit_scale.exp() * image @ text.T
+
+
+@pytest.mark.parametrize("arch", ["tiny-rn", "tiny-vit"])
+def test_cleanclip_checkpoint_loads_only_into_a_quick_gelu_model(arch: str, tmp_path: Path) -> None:
+    """CleanCLIP trained with QuickGELU: into nn.GELU it is refused, naming the file and the fix; with the fix
+    it evaluates as the QuickGELU model it was saved from, not as the same weights under nn.GELU."""
+    torch.manual_seed(3)
+    trained = open_clip.create_model(arch, force_quick_gelu=True)
+    path = _cleanclip_file(trained.state_dict(), tmp_path / "epoch_10.pt")
+
+    with pytest.raises(ConfigError) as refusal:
+        create_model(ModelConfig(name=arch, checkpoint=str(path)))
+    assert f"{path} is a CleanCLIP / CyCLIP training checkpoint" in str(refusal.value)
+    assert f"use model.name={arch}-quickgelu" in str(refusal.value)
+
+    imported = create_model(ModelConfig(name=f"{arch}-quickgelu", checkpoint=str(path))).model
+    gelu = open_clip.create_model(arch)
+    gelu.load_state_dict(trained.state_dict())
+    (text, logits), (want_text, want_logits), (gelu_text, gelu_logits) = map(_zero_shot, (imported, trained, gelu))
+    assert torch.equal(text, want_text) and torch.equal(logits, want_logits)
+    assert not torch.allclose(text, gelu_text) and not torch.allclose(logits, gelu_logits)
+
+
+def test_openai_formats_are_told_from_open_clip_and_ours(source, tmp_path: Path) -> None:
+    state, _ = source
+    prefixed = {f"module.{k}": v for k, v in state.items()}
+    openai = {
+        "ddp": {"epoch": 3, "name": "x", "state_dict": prefixed, "optimizer": {}},
+        "single device": {"epoch": 3, "name": "x", "state_dict": state, "optimizer": {}},
+        "jit state dict": {**state, "input_resolution": 224, "context_length": 77, "vocab_size": 49408},
+    }
+    for kind, raw in openai.items():
+        assert openai_layout(raw) is not None, kind
+    assert "every key prefixed 'module.', an 'optimizer'" in openai_layout(openai["ddp"])
+    ours = {"epoch": 3, "name": "tiny-rn", "state_dict": state}  # what `clipbackdoor export` writes
+    for raw in (ours, state, prefixed):  # a bare state dict: open_clip's hub files look the same
+        assert openai_layout(raw) is None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; OpenAI released RN50.pt with it
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "RN50.pt"))
+    with pytest.raises(CheckpointError, match=r"RN50\.pt: a TorchScript archive \(OpenAI's release format"):
+        read_state_dict(tmp_path / "RN50.pt")
+
+    declared = _cleanclip_file(state, tmp_path / "gelu.pt")
+    with pytest.raises(ConfigError, match=r"checkpoint_quick_gelu=false says .* nn\.GELU, but tiny-rn-quickgelu has"):
+        create_model(ModelConfig(name="tiny-rn-quickgelu", checkpoint=str(declared), checkpoint_quick_gelu=False))
 
 
 def test_untrusted_and_malformed_files_are_refused(tmp_path: Path) -> None:

@@ -3,10 +3,13 @@
 import json
 from pathlib import Path
 
+import open_clip
 import pytest
+import torch
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, TrainConfig, load_config
+from clipbackdoor.models import create_model
 from clipbackdoor.plan import launcher_processes, plan_experiment, plan_study
 from clipbackdoor.study import load_study_config
 from clipbackdoor.train.batching import batch_layout
@@ -69,6 +72,21 @@ def test_plan_warns_naming_the_key(fmnist_root: Path, tmp_path: Path) -> None:
     cfg = load_config("demo", [f"data.train={{source: csv, path: {csv}}}", "train.batch_size=32", "train.epochs=1"])
     (stage,) = plan_experiment(cfg)
     assert (stage.pairs.n, stage.steps_per_epoch) == (100, 3) and str(csv) in stage.pairs.source
+
+
+def test_plan_warns_of_a_checkpoint_trained_with_quick_gelu(tmp_path: Path) -> None:
+    """The warning is create_model's refusal, word for word; the '-quickgelu' model silences both."""
+    state = open_clip.create_model("tiny-rn", force_quick_gelu=True).state_dict()
+    path = tmp_path / "epoch_10.pt"
+    prefixed = {f"module.{k}": v for k, v in state.items()}  # CleanCLIP's layout under DDP
+    torch.save({"epoch": 10, "name": "cleanclip", "state_dict": prefixed, "optimizer": {}}, path)
+    cfg = load_config("demo", [f"model.checkpoint={path}"])
+    with pytest.raises(ConfigError) as refusal:
+        create_model(cfg.model)
+    (stage,) = plan_experiment(cfg)
+    assert str(refusal.value) in stage.warnings and "model.name=tiny-rn-quickgelu" in str(refusal.value)
+    (stage,) = plan_experiment(load_config("demo", [f"model.checkpoint={path}", "model.name=tiny-rn-quickgelu"]))
+    assert not any(w.startswith("model.checkpoint") for w in stage.warnings), stage.warnings
 
 
 def test_device_hours_come_from_a_measurement_named_in_the_plan(tmp_path: Path, capsys) -> None:

@@ -162,6 +162,25 @@ def model_facts(model: ModelConfig) -> tuple[int, int]:
     return _model_facts(model.model_copy(update={"checkpoint": None, "pretrained": None}).model_dump_json())
 
 
+def checkpoint_warnings(model: ModelConfig) -> list[str]:
+    """create_model's refusal of ``model.checkpoint`` (another activation than the model's, or an unreadable
+    file), said before the run; nothing while the checkpoint is not written yet (a study's pre-training)."""
+    from clipbackdoor.interop import CheckpointError
+    from clipbackdoor.models import model_name, read_model_checkpoint
+
+    if model.checkpoint is None or not Path(model.checkpoint).exists():
+        return []
+    try:
+        read_model_checkpoint(model, model_name(model))
+    except FileNotFoundError:  # a run directory with no checkpoint in it yet
+        return []
+    except CheckpointError as err:
+        return [f"model.checkpoint: {err}"]
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
 @cache
 def _model_facts(model_json: str) -> tuple[int, int]:
     from clipbackdoor.models import create_model
@@ -228,7 +247,8 @@ def plan_stage(
     stage = Stage(
         name, processes, launcher, layout, pairs, cfg.train.epochs, cfg.train.warmup_steps, eval_images,
         evaluations, runs, at_once, kept * params * CHECKPOINT_BYTES_PER_PARAM * runs,
-        find_throughput(cfg.model.name, cfg.train.precision, kind, bench_dirs), list(warnings or []),
+        find_throughput(cfg.model.name, cfg.train.precision, kind, bench_dirs),
+        [*(warnings or []), *checkpoint_warnings(cfg.model)],
     )  # fmt: skip
     if stage.total_steps and cfg.train.warmup_steps > WARMUP_WARN_SHARE * stage.total_steps:
         stage.warnings.append(

@@ -20,6 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from clipbackdoor.interop import Checkpoint, read_checkpoint
+
 FORMAT = "clipbackdoor/1"
 LATEST = "latest.json"
 
@@ -63,16 +65,20 @@ def resolve_weights(path: str | Path) -> Path:
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load weights into ``model``: ours, or another tool's (see :mod:`clipbackdoor.interop`); names missing
     or unexpected keys on mismatch."""
-    from clipbackdoor.interop import read_state_dict
+    apply_weights(model, read_checkpoint(resolve_weights(path)))
 
-    path = resolve_weights(path)
-    state = read_state_dict(path)
+
+def apply_weights(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """Load a checkpoint already read (and checked against the model) into ``model``; names missing or
+    unexpected keys on mismatch."""
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(checkpoint.state, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"{path}: does not fit the model: {str(err).splitlines()[-1].strip()}") from None
+        raise ValueError(f"{checkpoint.path}: does not fit the model: {str(err).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise ValueError(f"{path}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{checkpoint.path}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, str]:
