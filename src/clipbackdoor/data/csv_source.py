@@ -3,17 +3,24 @@
 Rows with an empty caption or label are dropped at load time and reported as bad rows; images are only
 opened when read, so a missing or corrupt image is reported (and skipped) by the dataset at that point.
 Rows are named by their line number in the file, which is what a user opens an editor at.
+
+An image path must resolve (links followed) inside the dataset root, so a link planted in the dataset cannot
+lead a row to any file on the machine. A poisoned copy written by this tool reaches its source's clean images
+through a link ``source``; the manifest next to its CSV records that source, whose root is then allowed too.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
+from clipbackdoor.attacks.manifest import FORMAT as MANIFEST_FORMAT
 from clipbackdoor.data.bad_rows import BadRow, DataError
 from clipbackdoor.data.transforms import open_image
 
@@ -48,12 +55,66 @@ def _not_utf8(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
+def _manifest_csv_source(path: Path) -> dict[str, Any] | None:
+    """The CSV source a poison manifest records (its config: ``path``, ``root``), or None if there is none.
+
+    Any other file of that name (no manifest of ours, or not readable) adds nothing, so it cannot widen the
+    roots; a poisoned copy whose manifest is unusable then has its clean rows refused, each one named.
+    """
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    source = raw.get("source") if isinstance(raw, dict) and raw.get("format") == MANIFEST_FORMAT else None
+    if isinstance(source, dict) and source.get("source") == "csv" and isinstance(source.get("path"), str):
+        return source
+    return None
+
+
+def _allowed_roots(csv_path: Path, boundary: Path, seen: frozenset[str] = frozenset()) -> list[str]:
+    """The resolved folders the image paths of ``csv_path`` may lead into: its dataset root ``boundary`` and,
+    for a poisoned copy, the root of the CSV source its manifest records (that source's own ``root``, or its
+    folder), which is what the copy's ``source`` link points to.
+
+    Relative paths in the manifest are taken from the working directory, as in the config it was written
+    from. A source that is itself a poisoned copy adds its own source in turn (``seen`` stops a cycle).
+    """
+    roots = [os.path.realpath(boundary)]
+    here = os.path.realpath(csv_path)
+    source = _manifest_csv_source(csv_path.parent / "manifest.json")
+    if source is not None and here not in seen:
+        path = Path(source["path"])
+        roots += _allowed_roots(path, Path(source.get("root") or path.parent), seen | {here})
+    return roots
+
+
+class _Resolver:
+    """Resolves paths as ``os.path.realpath`` does (every link followed), resolving each folder only once.
+
+    A full resolve checks every component of the path; rows share few folders, so caching them keeps the
+    check at one ``lstat`` per row, seconds rather than minutes on a CSV of millions of rows.
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        folder, name = os.path.split(path)
+        if name in ("", ".", ".."):  # the path names a folder: appending the name to its parent would be wrong
+            return os.path.realpath(path)
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        target = os.path.join(self._folders[folder], name)
+        return os.path.realpath(target) if os.path.islink(target) else target
+
+
 class CsvRows:
     """Base for CSV readers: resolves image paths and opens images, naming file and line on failure.
 
     Rows are skipped and counted (``bad``) when a field is empty or not UTF-8, when the image path (relative
-    to the CSV) leaves the dataset ``root`` (default: the CSV's folder; ``../`` or an absolute path
-    elsewhere), or when the row repeats an earlier one.
+    to the CSV) resolves outside the dataset ``root`` (default: the CSV's folder; ``../``, an absolute path
+    elsewhere or a link pointing out) and outside the source root a poison manifest allows (see
+    :func:`_allowed_roots`), or when the row repeats an earlier one.
     """
 
     def __init__(
@@ -73,7 +134,8 @@ class CsvRows:
         self.images: list[str] = []
         self.values: list[str] = []
         boundary = Path(root) if root is not None else self.root
-        inside = os.path.join(os.path.abspath(boundary), "")
+        inside = tuple(os.path.join(r, "") for r in _allowed_roots(self.path, boundary))
+        resolve = _Resolver()
         first_seen: dict[tuple[str, str], int] = {}
         for line, (image, value) in _read_rows(self.path, [image_column, value_column], delimiter):
             if max_samples is not None and len(self.lines) >= max_samples:
@@ -84,8 +146,8 @@ class CsvRows:
                 problem = f"empty {(image_column if not image else value_column)!r}"
             elif _not_utf8(image) or _not_utf8(value):
                 problem = "not valid UTF-8"
-            elif not os.path.abspath(os.path.join(self.root, image)).startswith(inside):
-                problem = f"image path {image!r} leaves the dataset root {boundary}"
+            elif not (target := resolve(os.path.join(self.root, image))).startswith(inside):
+                problem = f"image path {image!r} leaves the dataset root {boundary}: it resolves to {target}"
             elif (image, value) in first_seen:
                 problem = f"duplicate of line {first_seen[image, value]}"
             if problem is not None:
