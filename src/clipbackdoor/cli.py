@@ -136,18 +136,22 @@ def _study_sweeps(study_dir: Path) -> list[Path]:
 def cmd_report(args: argparse.Namespace) -> int:
     from clipbackdoor.report.build import build_report
 
-    sweep_dirs, default_out = [], None
+    sweep_dirs, default_out, seeds = [], None, None
     for given in map(Path, args.paths):
         if (given / "study.yaml").is_file():
             sweep_dirs += _study_sweeps(given)
             default_out = default_out or given / "report"
+            if (given / "seeds" / "seeds.json").is_file():
+                seeds = given / "seeds" / "seeds.json"
         elif (given / "sweep.yaml").is_file():
             sweep_dirs.append(given)
             default_out = default_out or given / "report"
         else:
             raise ConfigError(f"{given}: neither a study directory (study.yaml) nor a sweep directory (sweep.yaml)")
     out = Path(args.out) if args.out else default_out
-    report = build_report(sweep_dirs, out, args.title, args.asr_threshold, args.format, _command_line(args))
+    report = build_report(
+        sweep_dirs, out, args.title, args.asr_threshold, args.format, _command_line(args), seeds=seeds
+    )
     _print_best_table(report)
     print(f"report: {report} and {report.with_suffix('.html')}")
     return 0

@@ -40,6 +40,21 @@ class PretrainSpec(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys, e.g. objective: {mmcl: 1}")
 
 
+class SeedsSpec(BaseModel):
+    """The seeds axis: how much the headline numbers move with the training seed.
+
+    The full study (every grid point) runs once, at the base config's seed. Every other seed in ``values``
+    re-runs each pre-training, and then only the setting each listed defense selected (its parameters and
+    epoch) on that seed's poisoned model, not the whole grid. The poisoned data stays the same (``poison.seed``):
+    the spread is the one of training, not of which pairs were poisoned.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: list[int] = Field(min_length=2, description="training seeds, e.g. [0, 1, 2]")
+    defenses: list[str] | None = Field(None, description="defenses whose selected setting is re-run; null: all")
+
+
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +79,7 @@ class StudyConfig(BaseModel):
     )
     devices_per_trial: int = Field(1, ge=1, description="devices in each sweep worker's slot")
     asr_threshold: float = 5.0
+    seeds: SeedsSpec | None = Field(None, description="re-run pre-training and the selected settings per seed")
     figure_format: Literal["png", "svg"] = "png"
 
     @model_validator(mode="before")
@@ -91,6 +107,13 @@ class StudyConfig(BaseModel):
         twice = sorted({stem for stem in stems if stems.count(stem) > 1})
         if twice:
             raise ValueError(f"defenses: two recipes named {twice} would share a sweep; rename one file")
+        return self
+
+    @model_validator(mode="after")
+    def _known_seed_defenses(self) -> StudyConfig:
+        unknown = sorted(set(self.seeds.defenses or []) - set(self.defenses)) if self.seeds else []
+        if unknown:
+            raise ValueError(f"seeds.defenses: {unknown} are not among the study's defenses {list(self.defenses)}")
         return self
 
     @property
@@ -137,16 +160,23 @@ def sweep_configs(cfg: StudyConfig) -> list[SweepConfig]:
     ]
 
 
-def pretrain_overrides(cfg: StudyConfig, tag: str) -> list[str]:
-    """The overrides of pre-training ``tag``: the stages' own, its name and directory, its spec's."""
+def run_name(tag: str, seed: int | None = None) -> str:
+    """``mmcl``, or ``mmcl-seed1`` for pre-training ``mmcl`` re-run under another seed."""
+    return tag if seed is None else f"{tag}-seed{seed}"
+
+
+def pretrain_overrides(cfg: StudyConfig, tag: str, seed: int | None = None) -> list[str]:
+    """The overrides of pre-training ``tag`` (under ``seed``, if given): the stages' own, its name and
+    directory, its spec's."""
     spec = cfg.pretrain[tag]
-    return [*stage_overrides(cfg), f"name={tag}", f"output_dir={cfg.study_dir / 'pretrain'}",
-            *as_overrides(spec.overrides)]  # fmt: skip
+    seeded = [] if seed is None else [f"seed={seed}"]
+    return [*stage_overrides(cfg), f"name={run_name(tag, seed)}", f"output_dir={cfg.study_dir / 'pretrain'}",
+            *as_overrides(spec.overrides), *seeded]  # fmt: skip
 
 
-def pretrain_command(cfg: StudyConfig, tag: str) -> list[str]:
+def pretrain_command(cfg: StudyConfig, tag: str, seed: int | None = None) -> list[str]:
     """``clipbackdoor pretrain <base> <overrides>`` under the study's pre-training launcher."""
-    return cli_command(cfg.pretrain_launcher, "pretrain", cfg.base, *pretrain_overrides(cfg, tag))
+    return cli_command(cfg.pretrain_launcher, "pretrain", cfg.base, *pretrain_overrides(cfg, tag, seed))
 
 
 def pretrain_finished(run: ExperimentConfig) -> bool:
@@ -172,21 +202,21 @@ def last_epoch(run_dir: Path) -> dict[str, Any]:
     return epochs[-1]
 
 
-def run_pretraining(cfg: StudyConfig, tag: str, log: Any = print) -> dict[str, Any]:
-    """Pre-train ``tag`` in a subprocess under ``pretrain_launcher`` (resuming it), unless it is finished;
-    returns its last epoch record. Output goes to ``<study>/pretrain/<tag>.log`` and to ``log``."""
+def run_pretraining(cfg: StudyConfig, tag: str, log: Any = print, seed: int | None = None) -> dict[str, Any]:
+    """Pre-train ``tag`` (under ``seed``) in a subprocess under ``pretrain_launcher`` (resuming it), unless
+    it is finished; returns its last epoch record. Output goes to ``<study>/pretrain/<name>.log`` and ``log``."""
     from clipbackdoor.train.loop import TrainingError
 
-    run = load_config(cfg.base, pretrain_overrides(cfg, tag))
-    log(f"== pre-training {tag} (objective {run.objective}) -> {run.run_dir}")
+    run = load_config(cfg.base, pretrain_overrides(cfg, tag, seed))
+    log(f"== pre-training {run.name} (objective {run.objective}, seed {run.seed}) -> {run.run_dir}")
     if pretrain_finished(run):
         log(f"   finished earlier: read back from {run.run_dir}")
     else:
-        log_path = cfg.study_dir / "pretrain" / f"{tag}.log"
+        log_path = cfg.study_dir / "pretrain" / f"{run.name}.log"
         env = slot_env(os.environ, tuple(cfg.devices or ()))  # the study's devices, all of them
-        code = run_teed(pretrain_command(cfg, tag), log_path, env, echo=log)
+        code = run_teed(pretrain_command(cfg, tag, seed), log_path, env, echo=log)
         if code != 0:
-            raise TrainingError(f"pre-training {tag} failed with exit code {code}; its output is in {log_path}")
+            raise TrainingError(f"pre-training {run.name} failed with exit code {code}; its output is in {log_path}")
     return last_epoch(run.run_dir)
 
 
@@ -195,6 +225,7 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
     from clipbackdoor.attacks.poison import write_poisoned_dataset
     from clipbackdoor.plan import format_plan, plan_study
     from clipbackdoor.report.build import build_report
+    from clipbackdoor.seeds import run_seeds
     from clipbackdoor.sweep.runner import run_sweep
 
     device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, cfg.workers)  # fail now, not after days
@@ -213,6 +244,7 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
     for sweep in sweeps:
         log(f"== sweep {sweep.name}: {sweep.defense}, {sweep.sampler} sampler -> {sweep.sweep_dir}")
         run_sweep(sweep, threads=cfg.workers)
+    seeds = run_seeds(cfg, sweeps, log) if cfg.seeds else None
     report = build_report(
         [s.sweep_dir for s in sweeps],
         cfg.study_dir / "report",
@@ -220,6 +252,7 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
         asr_threshold=cfg.asr_threshold,
         fmt=cfg.figure_format,
         command=command,
+        seeds=seeds,
     )
     log(f"== report -> {report} (and report.html)")
     return report

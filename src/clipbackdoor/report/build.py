@@ -26,6 +26,7 @@ from clipbackdoor.report.plots import (
     plot_pareto_fronts,
     plot_trajectories,
 )
+from clipbackdoor.report.seeds import seed_table
 from clipbackdoor.report.tables import Table, format_value
 from clipbackdoor.sweep.config import load_sweep_config
 from clipbackdoor.sweep.runner import open_storage
@@ -178,8 +179,11 @@ def build_report(
     asr_threshold: float = 5.0,
     fmt: str = "png",
     command: str | None = None,
+    seeds: Path | None = None,
 ) -> Path:
-    """Write report.md, report.html (self-contained), figures/ and points.csv; returns report.md."""
+    """Write report.md, report.html (self-contained), figures/ and points.csv; returns report.md.
+
+    ``seeds``: a study's seeds.json, for the table of mean ± spread over training seeds."""
     if not sweep_dirs:
         raise ConfigError("no sweeps to report on")
     results = [load_sweep(Path(d)) for d in sweep_dirs]
@@ -207,6 +211,9 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_points(results, out_dir / "points.csv")
     tables = _tables(results, panels, asr_threshold)
+    if seeds is not None:
+        heading = "Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)"
+        tables = {**dict(list(tables.items())[:2]), heading: seed_table(seeds), **dict(list(tables.items())[2:])}
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     made_by = f"Made by `{command}` on {stamp}." if command else f"Made on {stamp}."
     md = [f"# {title}", "", made_by, ""]

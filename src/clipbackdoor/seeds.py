@@ -1,0 +1,88 @@
+"""The study's seeds axis: re-run each pre-training, and each selected cleaning setting, under other seeds.
+
+A study's grid runs once, at the base config's seed; its selected cleaned model is the best of many trials,
+so its numbers alone do not say how much they move from one training run to the next. For every other seed
+this re-runs each poisoned pre-training, then the selected setting (parameters and epoch) of each defense in
+``seeds.defenses`` on that seed's poisoned model: a one-point grid sweep under ``<study>/seeds/``, resumable
+and on the study's device slots like every other cleaning run. The base seed's runs are the study's own.
+``seeds.json`` lists every (pre-training, seed, model) with its run directory and epoch, for the report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from clipbackdoor.config import load_config
+from clipbackdoor.report.build import load_sweep, objective_label
+from clipbackdoor.report.seeds import POISONED, SeedRun
+from clipbackdoor.report.tables import format_value
+from clipbackdoor.study import StudyConfig, pretrain_overrides, run_name, run_pretraining, stage_overrides
+from clipbackdoor.sweep.config import SweepConfig
+from clipbackdoor.sweep.runner import run_sweep
+from clipbackdoor.sweep.select import Point, best_under
+from clipbackdoor.sweep.space import ParamSpec
+
+
+def base_seed(cfg: StudyConfig) -> int:
+    """The seed the study's grid runs at: the base config's (after the study's overrides)."""
+    return load_config(cfg.base, stage_overrides(cfg)).seed
+
+
+def _setting(best: Point) -> str:
+    params = ", ".join(f"{k}={format_value(v)}" for k, v in best.params.items())
+    return f"{params}, epoch {best.epoch}" if params else f"epoch {best.epoch}"
+
+
+def seed_sweep(cfg: StudyConfig, sweep: SweepConfig, best: Point, seed: int) -> SweepConfig:
+    """The selected setting as a one-point grid, cleaning the poisoned model pre-trained under ``seed``."""
+    tag = Path(sweep.run).name
+    return sweep.model_copy(
+        update={
+            "name": f"{run_name(tag, seed)}--{Path(sweep.defense).stem}",
+            "run": str(cfg.study_dir / "pretrain" / run_name(tag, seed)),
+            "output_dir": str(cfg.study_dir / "seeds"),
+            "sampler": "grid",
+            "trials": None,
+            "space": {key: ParamSpec(choices=[value]) for key, value in best.params.items()},
+        }
+    )
+
+
+def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> Path:
+    """Run whatever the seeds axis still lacks; returns ``<study>/seeds/seeds.json``."""
+    assert cfg.seeds is not None
+    base = base_seed(cfg)
+    others = [s for s in dict.fromkeys(cfg.seeds.values) if s != base]
+    runs: list[SeedRun] = []
+    for tag in cfg.pretrain:
+        objective = objective_label(load_config(cfg.base, pretrain_overrides(cfg, tag)).objective)
+        runs.append(SeedRun(tag, objective, POISONED, "", base, str(cfg.study_dir / "pretrain" / tag), None))
+        for seed in others:
+            run_pretraining(cfg, tag, log, seed=seed)
+            run_dir = cfg.study_dir / "pretrain" / run_name(tag, seed)
+            runs.append(SeedRun(tag, objective, POISONED, "", seed, str(run_dir), None))
+    wanted = cfg.seeds.defenses or list(cfg.defenses)
+    for sweep in sweeps:
+        defense, tag = Path(sweep.defense).stem, Path(sweep.run).name
+        if defense not in wanted:
+            continue
+        result = load_sweep(sweep.sweep_dir)
+        best = best_under(result.points, cfg.asr_threshold)
+        if best is None:
+            log(f"== seeds {sweep.name}: no setting reached ASR <= {cfg.asr_threshold:g} %, nothing to re-run")
+            continue
+        setting = _setting(best)
+        runs.append(SeedRun(tag, result.pretrain, defense, setting, base, str(best.run_dir), best.epoch))
+        for seed in others:
+            seeded = seed_sweep(cfg, sweep, best, seed)
+            log(f"== seeds {seeded.name}: {setting} -> {seeded.sweep_dir}")
+            run_sweep(seeded, threads=1)
+            (run_dir,) = {p.run_dir for p in load_sweep(seeded.sweep_dir).points}
+            runs.append(SeedRun(tag, result.pretrain, defense, setting, seed, str(run_dir), best.epoch))
+    index = cfg.study_dir / "seeds" / "seeds.json"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps([asdict(r) for r in runs], indent=1) + "\n")
+    return index

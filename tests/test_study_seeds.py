@@ -1,0 +1,55 @@
+"""The study's seeds axis: every other seed re-runs each pre-training and the selected cleaning setting only."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clipbackdoor.cli import main
+from clipbackdoor.config import ConfigError, load_config
+from clipbackdoor.report.seeds import spread
+from clipbackdoor.study import load_study_config
+
+from .test_study_launch import write_study
+
+
+def test_spread_is_mean_and_sample_standard_deviation() -> None:
+    assert spread([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+    assert spread([4.0]) == "4.00"
+
+
+def test_seed_defenses_must_be_the_study_s(tmp_path: Path) -> None:
+    config = write_study(tmp_path / "study.yaml", tmp_path, seeds={"values": [0, 1], "defenses": ["cleanclip"]})
+    with pytest.raises(ConfigError, match=r"seeds\.defenses: \['cleanclip'\] are not among"):
+        load_study_config(config)
+
+
+def test_other_seeds_rerun_pretraining_and_the_selected_setting(fmnist_root: Path, tmp_path: Path, capsys) -> None:
+    seeds = {"values": [0, 1], "defenses": ["mmcl-only"]}
+    config = write_study(tmp_path / "study.yaml", fmnist_root, seeds=seeds, asr_threshold=100.0)
+    assert main(["study", str(config)]) == 0
+    root = tmp_path / "tiny-study"
+    seeded = load_config(root / "pretrain" / "mmcl-seed1" / "config.yaml")
+    assert seeded.seed == 1 and load_config(root / "pretrain" / "mmcl" / "config.yaml").seed == 0
+    runs = json.loads((root / "seeds" / "seeds.json").read_text())
+    assert [(r["model"], r["seed"]) for r in runs] == [
+        ("poisoned model", 0), ("poisoned model", 1), ("mmcl-only", 0), ("mmcl-only", 1)
+    ]  # fmt: skip
+    base, other = runs[2], runs[3]
+    assert base["run_dir"].startswith(str(root / "sweeps")) and other["run_dir"].startswith(str(root / "seeds"))
+    assert base["setting"] == other["setting"] == f"train.lr=0.001, epoch {base['epoch']}"
+    trial = load_config(Path(other["run_dir"]) / "config.yaml")
+    assert trial.seed == 1 and trial.train.lr == 1e-3
+    assert str(root / "pretrain" / "mmcl-seed1") in trial.model.checkpoint
+    report = (root / "report" / "report.md").read_text()
+    section = report[report.index("## Spread over training seeds") :].split("\n## ")[0]
+    assert "| MMCL | poisoned model | - | 2 |" in section and "| MMCL | mmcl-only | train.lr=0.001" in section
+    rows = [line for line in section.splitlines() if line.startswith("| MMCL |")]
+    assert len(rows) == 2 and all(row.count(" ± ") == 2 for row in rows)  # CA and ASR, mean ± spread
+    # resumed, nothing runs again, and `report` rebuilds the same table from the study's files
+    capsys.readouterr()
+    assert main(["study", str(config)]) == 0
+    assert "finished earlier" in capsys.readouterr().out
+    assert main(["report", str(root), "--out", str(tmp_path / "again")]) == 0
+    again = (tmp_path / "again" / "report.md").read_text()
+    assert again[again.index("## Spread over training seeds") :].split("\n## ")[0] == section
