@@ -53,3 +53,15 @@ def test_other_seeds_rerun_pretraining_and_the_selected_setting(fmnist_root: Pat
     assert main(["report", str(root), "--out", str(tmp_path / "again")]) == 0
     again = (tmp_path / "again" / "report.md").read_text()
     assert again[again.index("## Spread over training seeds") :].split("\n## ")[0] == section
+
+
+def test_plan_lists_the_seed_stages_in_the_order_the_study_runs_them(fmnist_root: Path, tmp_path: Path) -> None:
+    from clipbackdoor.plan import plan_study
+
+    config = write_study(tmp_path / "study.yaml", fmnist_root, seeds={"values": [0, 1, 2]})
+    names = [stage.name for stage in plan_study(load_study_config(config))]
+    assert names == [
+        "pre-train mmcl", "clean mmcl--mmcl-only", "pre-train mmcl-seed1", "pre-train mmcl-seed2",
+        "clean mmcl--mmcl-only, its selected setting at seeds [1, 2]",
+    ]  # fmt: skip
+    assert plan_study(load_study_config(config))[-1].runs == 2

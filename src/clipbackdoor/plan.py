@@ -278,51 +278,65 @@ def plan_experiment(cfg: ExperimentConfig, gpus: int = 1, bench_dirs: tuple[Path
     return [stage]
 
 
-def plan_study(study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS) -> list[Stage]:
-    """Pre-training per objective, then one cleaning stage per (model, defense) sweep."""
+def _pretrain_stage(study: Any, tag: str, seed: int | None, gpus: int | None, bench_dirs: tuple[Path, ...]) -> Stage:
+    from clipbackdoor.config import load_config
+    from clipbackdoor.study import pretrain_overrides, run_name
+
+    cfg = load_config(study.base, pretrain_overrides(study, tag, seed))
+    if cfg.poison is None:
+        raise ConfigError(f"study {study.name}: its base config '{study.base}' has no poison section")
+    counted = count_pairs(cfg.poison.source)
+    processes = gpus or launcher_processes(study.pretrain_launcher)
+    launcher = f"--gpus {gpus}" if gpus else " ".join(study.pretrain_launcher) or "python"
+    return plan_stage(
+        f"pre-train {run_name(tag, seed)}", cfg, processes, launcher,
+        Count(counted.n, f"poison.source: {counted.source}"), poison_image_size=cfg.poison.image_size,
+        warnings=missing_paths(cfg, train_data=False), bench_dirs=bench_dirs,
+    )  # fmt: skip
+
+
+def _clean_stage(study: Any, sweep: Any, name: str, runs: int, at_once: int, bench_dirs: tuple[Path, ...]) -> Stage:
     from clipbackdoor.config import load_config
     from clipbackdoor.defenses.cleaning import with_recipe
-    from clipbackdoor.study import pretrain_overrides, sweep_configs
-    from clipbackdoor.sweep.devices import resolve_devices
-    from clipbackdoor.sweep.runner import budget
+    from clipbackdoor.study import pretrain_overrides
     from clipbackdoor.sweep.space import as_overrides
 
-    stages: list[Stage] = []
-    poisoned_pairs: Count | None = None
-    for tag in study.pretrain:
-        cfg = load_config(study.base, pretrain_overrides(study, tag))
-        if cfg.poison is None:
-            raise ConfigError(f"study {study.name}: its base config '{study.base}' has no poison section")
-        poisoned_pairs = count_pairs(cfg.poison.source)
-        poisoned_pairs = Count(poisoned_pairs.n, f"poison.source: {poisoned_pairs.source}")
-        processes = gpus or launcher_processes(study.pretrain_launcher)
-        launcher = f"--gpus {gpus}" if gpus else " ".join(study.pretrain_launcher) or "python"
-        stages.append(
-            plan_stage(
-                f"pre-train {tag}", cfg, processes, launcher, poisoned_pairs,
-                poison_image_size=cfg.poison.image_size, warnings=missing_paths(cfg, train_data=False),
-                bench_dirs=bench_dirs,
-            )
-        )  # fmt: skip
-    clean_processes = launcher_processes(study.clean_launcher)
+    pre = load_config(study.base, pretrain_overrides(study, Path(sweep.run).name))
+    tree, origin = with_recipe(pre.model_dump(mode="json"), sweep.defense)
+    cfg = validate_tree(tree, as_overrides(sweep.overrides), origin)
+    cleaning = pre.poison.cleaning if pre.poison else None
+    pairs = Count(
+        cleaning.size + cleaning.poisons if cleaning else None,
+        "poison.cleaning.size (+ poisons)" if cleaning else "no poison.cleaning set",
+    )
+    launcher = " ".join(study.clean_launcher) or "python"
+    processes = launcher_processes(study.clean_launcher)
+    return plan_stage(name, cfg, processes, launcher, pairs, runs=runs, at_once=at_once, bench_dirs=bench_dirs)
+
+
+def plan_study(study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS) -> list[Stage]:
+    """The study's stages in the order it runs them: pre-training per objective, one cleaning stage per
+    (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed)."""
+    from clipbackdoor.seeds import base_seed
+    from clipbackdoor.study import sweep_configs
+    from clipbackdoor.sweep.devices import resolve_devices
+    from clipbackdoor.sweep.runner import budget
+
+    stages = [_pretrain_stage(study, tag, None, gpus, bench_dirs) for tag in study.pretrain]
     slots = (gpus or len(resolve_devices(study.devices))) // study.devices_per_trial
-    for sweep in sweep_configs(study):
-        tag = Path(sweep.run).name
-        pre = load_config(study.base, pretrain_overrides(study, tag))
-        tree, origin = with_recipe(pre.model_dump(mode="json"), sweep.defense)
-        cfg = validate_tree(tree, as_overrides(sweep.overrides), origin)
-        cleaning = pre.poison.cleaning if pre.poison else None
-        pairs = Count(
-            cleaning.size + cleaning.poisons if cleaning else None,
-            "poison.cleaning.size (+ poisons)" if cleaning else "no poison.cleaning set",
-        )
-        stages.append(
-            plan_stage(
-                f"clean {sweep.name}", cfg, clean_processes, " ".join(study.clean_launcher) or "python",
-                pairs, runs=budget(sweep), at_once=min(study.workers, slots) if slots else study.workers,
-                bench_dirs=bench_dirs,
-            )
-        )  # fmt: skip
+    at_once = min(study.workers, slots) if slots else study.workers
+    sweeps = sweep_configs(study)
+    stages += [_clean_stage(study, s, f"clean {s.name}", budget(s), at_once, bench_dirs) for s in sweeps]
+    if study.seeds:
+        base = base_seed(study)
+        others = [seed for seed in dict.fromkeys(study.seeds.values) if seed != base]
+        stages += [_pretrain_stage(study, tag, seed, gpus, bench_dirs) for tag in study.pretrain for seed in others]
+        wanted = study.seeds.defenses or list(study.defenses)
+        stages += [
+            _clean_stage(study, s, f"clean {s.name}, its selected setting at seeds {others}", len(others), 1,
+                         bench_dirs)
+            for s in sweeps if Path(s.defense).stem in wanted
+        ]  # fmt: skip
     return stages
 
 
