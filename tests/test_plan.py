@@ -109,3 +109,16 @@ def test_launcher_processes() -> None:
     assert launcher_processes([]) == 1
     assert launcher_processes(["torchrun", "--standalone", "--nproc_per_node", "8"]) == 8
     assert launcher_processes(["torchrun", "--nproc-per-node=4"]) == 4
+
+
+def test_throughput_lookup_skips_other_benchmarks_files(tmp_path: Path) -> None:
+    from clipbackdoor.plan import find_throughput
+
+    (tmp_path / "kmeans.json").write_text(json.dumps([{"n": 5000, "seconds": 1.0}]))
+    (tmp_path / "sweep.json").write_text(json.dumps({"results": [1, 2]}))
+    assert find_throughput("RN50", "bf16", "mmcl", (tmp_path,)) is None
+    record = {"setup": {"model": "RN50", "precision": "bf16", "device": "H200"},
+              "results": {"per_objective": {"mmcl": {"synthetic_samples_per_s": 1234.0}}}}  # fmt: skip
+    (tmp_path / "gpu_rn50.json").write_text(json.dumps(record))
+    rate, source = find_throughput("RN50", "bf16", "mmcl", (tmp_path,))
+    assert rate == 1234.0 and "gpu_rn50.json" in source

@@ -201,6 +201,8 @@ def find_throughput(
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        if not isinstance(data, dict) or not isinstance(data.get("results", {}), dict):
+            continue  # another benchmark's file (k-means, sweeps): no training throughput in it
         setup, per_objective = data.get("setup", {}), data.get("results", {}).get("per_objective", {})
         if setup.get("model") != model or setup.get("precision") != precision or objective_kind not in per_objective:
             continue
