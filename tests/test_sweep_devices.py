@@ -98,3 +98,39 @@ def test_each_trial_runs_on_its_workers_slot_and_no_two_share_one(poisoned: Path
         assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), f"two trials at once on {slot}"
     logs = [Path(t.user_attrs["run_dir"]).with_suffix(".log").read_text() for t in trials]
     assert all(log.startswith("$ CUDA_VISIBLE_DEVICES=") for log in logs)
+
+
+FAKE_TRIAL = """\
+import json, os, sys, time
+argv = sys.argv[1:]
+out = next(a.split("=", 1)[1] for a in argv if a.startswith("output_dir="))
+run_dir = os.path.join(out, argv[argv.index("--name") + 1])
+start = time.time()
+time.sleep(1.0)
+os.makedirs(run_dir, exist_ok=True)
+with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"kind": "epoch", "epoch": 1, "eval/clean_top1": 50.0, "eval/asr_top1": 1.0}) + "\\n")
+with open(run_dir + ".span.json", "w") as f:
+    json.dump({"slot": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}, f)
+"""
+
+
+def test_a_study_s_sweeps_share_its_slots_so_none_idles_at_a_sweep_s_end(tmp_path: Path) -> None:
+    """Three one-point sweeps on two slots: the second sweep starts while the first still runs."""
+    from clipbackdoor.sweep.runner import run_sweeps
+
+    trial = tmp_path / "fake_trial.py"
+    trial.write_text(FAKE_TRIAL)
+    fields = {
+        "launcher": [sys.executable, str(trial)],
+        "devices": ["0", "1"],
+        "space": {"train.lr": {"choices": [1e-3]}},
+    }
+    cfgs = [load_sweep_config(write_sweep(tmp_path / f"s{i}.yaml", tmp_path, name=f"s{i}", **fields)) for i in range(3)]
+    studies = run_sweeps(cfgs, threads=2)
+    assert [len(s.get_trials(states=(TrialState.COMPLETE,))) for s in studies] == [1, 1, 1]
+    spans = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweeps").glob("s*/trials/*.span.json"))]
+    assert len(spans) == 3
+    assert spans[1]["start"] < spans[0]["end"] and {spans[0]["slot"], spans[1]["slot"]} == {"0", "1"}
+    with pytest.raises(ConfigError, match="same devices"):
+        run_sweeps([cfgs[0], cfgs[1].model_copy(update={"devices": ["2"]})])

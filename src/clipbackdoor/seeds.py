@@ -11,7 +11,7 @@ and on the study's device slots like every other cleaning run. The base seed's r
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from clipbackdoor.report.seeds import POISONED, SeedRun
 from clipbackdoor.report.tables import format_value
 from clipbackdoor.study import StudyConfig, pretrain_overrides, run_name, run_pretraining, stage_overrides
 from clipbackdoor.sweep.config import SweepConfig
-from clipbackdoor.sweep.runner import run_sweep
+from clipbackdoor.sweep.runner import run_sweeps
 from clipbackdoor.sweep.select import Point, best_under
 from clipbackdoor.sweep.space import ParamSpec
 
@@ -65,6 +65,7 @@ def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> 
             run_dir = cfg.study_dir / "pretrain" / run_name(tag, seed)
             runs.append(SeedRun(tag, objective, POISONED, "", seed, str(run_dir), None))
     wanted = cfg.seeds.defenses or list(cfg.defenses)
+    reruns: list[tuple[SeedRun, SweepConfig]] = []  # the base seed's run, and a one-point sweep per other seed
     for sweep in sweeps:
         defense, tag = Path(sweep.defense).stem, Path(sweep.run).name
         if defense not in wanted:
@@ -79,9 +80,11 @@ def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> 
         for seed in others:
             seeded = seed_sweep(cfg, sweep, best, seed)
             log(f"== seeds {seeded.name}: {setting} -> {seeded.sweep_dir}")
-            run_sweep(seeded, threads=1)
-            (run_dir,) = {p.run_dir for p in load_sweep(seeded.sweep_dir).points}
-            runs.append(SeedRun(tag, result.pretrain, defense, setting, seed, str(run_dir), best.epoch))
+            reruns.append((SeedRun(tag, result.pretrain, defense, setting, seed, "", best.epoch), seeded))
+    run_sweeps([seeded for _, seeded in reruns], threads=cfg.workers)
+    for run, seeded in reruns:
+        (run_dir,) = {p.run_dir for p in load_sweep(seeded.sweep_dir).points}
+        runs.append(replace(run, run_dir=str(run_dir)))
     index = cfg.study_dir / "seeds" / "seeds.json"
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps([asdict(r) for r in runs], indent=1) + "\n")

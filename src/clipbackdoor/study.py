@@ -226,7 +226,7 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
     from clipbackdoor.plan import format_plan, plan_study
     from clipbackdoor.report.build import build_report
     from clipbackdoor.seeds import run_seeds
-    from clipbackdoor.sweep.runner import run_sweep
+    from clipbackdoor.sweep.runner import run_sweeps
 
     device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, cfg.workers)  # fail now, not after days
     log(format_plan(plan_study(cfg)))
@@ -243,7 +243,7 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
     sweeps = sweep_configs(cfg)
     for sweep in sweeps:
         log(f"== sweep {sweep.name}: {sweep.defense}, {sweep.sampler} sampler -> {sweep.sweep_dir}")
-        run_sweep(sweep, threads=cfg.workers)
+    run_sweeps(sweeps, threads=cfg.workers)  # on the study's slots together: none idles at a sweep's end
     seeds = run_seeds(cfg, sweeps, log) if cfg.seeds else None
     report = build_report(
         [s.sweep_dir for s in sweeps],

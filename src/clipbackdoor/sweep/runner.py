@@ -266,18 +266,19 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial, every: float) -> Iterat
 
 
 class Worker:
-    """Runs trials of one sweep until its budget is met; ``threads`` trials at a time, one per device slot."""
+    """Runs trials of one sweep until its budget is met, on the device slots of the threads that call
+    :meth:`_loop` (``threads`` of them share the machine's CPUs)."""
 
     def __init__(self, cfg: SweepConfig, threads: int = 1, worker_index: int = 0):
         self.cfg, self.threads = cfg, threads
-        self.slots = device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, threads)
         self.study = open_study(cfg, worker_index)
         self.stopping = threading.Event()
         self.children: set[subprocess.Popen] = set()
         self.taken_over: set[int] = set()  # trial ids another worker presumed lost while they ran here
         self.lock = threading.Lock()
 
-    def run(self) -> optuna.Study:
+    def prepare(self) -> None:
+        """Write sweep.yaml and queue the retries of trials whose worker was lost."""
         self.cfg.sweep_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.cfg.sweep_dir / "sweep.yaml")
         lost = requeue_lost_trials(self.study, self.cfg.heartbeat_s)
@@ -286,20 +287,6 @@ class Worker:
                 f"[sweep {self.cfg.name}] trials {lost} lost their worker: retried (at most {MAX_LOST} times)",
                 flush=True,
             )
-        if any(self.slots):
-            print(f"[sweep {self.cfg.name}] device slots: {' | '.join(map(','.join, self.slots))}", flush=True)
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        pool = ThreadPoolExecutor(self.threads)
-        try:
-            for future in [pool.submit(self._loop, slot) for slot in self.slots]:
-                future.result()
-        except KeyboardInterrupt:
-            self._terminate()
-            raise
-        finally:
-            pool.shutdown(wait=True)  # after an interrupt: once the trials have queued their retries
-            signal.signal(signal.SIGTERM, previous)
-        return self.study
 
     def _terminate(self) -> None:
         self.stopping.set()
@@ -307,17 +294,13 @@ class Worker:
             for child in self.children:
                 child.terminate()
 
-    def _on_sigterm(self, signum: int, frame: object) -> None:
-        """Leave as after Ctrl-C: stop the trials, which then queue their retries."""
-        self._terminate()
-        raise KeyboardInterrupt
-
-    def _loop(self, slot: Slot = ()) -> None:
-        """One worker thread: its trials, one after another, on its own device slot."""
+    def _loop(self, slot: Slot = (), wait: bool = True) -> None:
+        """One worker thread: this sweep's trials, one after another, on the thread's device slot, until none
+        is left to start; with ``wait``, also until no trial of the sweep runs anywhere (or is found lost)."""
         while not self.stopping.is_set():
             requeue_lost_trials(self.study, self.cfg.heartbeat_s)
             if sweep_done(self.study, self.cfg):
-                if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if not wait or not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     return
                 self.stopping.wait(min(self.cfg.heartbeat_s, 5.0))  # until they finish or are found lost
                 continue
@@ -415,7 +398,54 @@ class Worker:
         return points
 
 
+def run_sweeps(cfgs: list[SweepConfig], threads: int = 1, worker_index: int = 0) -> list[optuna.Study]:
+    """Run (or resume, or join) several sweeps until each budget is met, on one set of ``threads`` device
+    slots; returns their Optuna studies.
+
+    Each slot's thread takes trials from the first sweep that still has one to start and moves on when none
+    is left, so no slot idles at a sweep's end while a later sweep has work (a study's 11-point sweeps on 8
+    GPUs, one after another, would leave 5 idle for every sweep's second round). Then each thread waits for
+    the sweeps' running trials. The sweeps must share their devices (a study's do)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not cfgs:
+        return []
+    if len({(tuple(c.devices or ()), c.devices_per_trial) for c in cfgs}) > 1:
+        raise ConfigError(f"sweeps {[c.name for c in cfgs]} run on one set of device slots: give them the same "
+                          "devices and devices_per_trial")  # fmt: skip
+    slots = device_slots(resolve_devices(cfgs[0].devices), cfgs[0].devices_per_trial, threads)
+    workers = [Worker(cfg, threads, worker_index) for cfg in cfgs]
+    for worker in workers:
+        worker.prepare()
+    if any(slots):
+        print(f"[sweeps] device slots: {' | '.join(map(','.join, slots))}", flush=True)
+
+    def work(slot: Slot) -> None:
+        for worker in workers:
+            worker._loop(slot, wait=False)
+        for worker in workers:
+            worker._loop(slot)
+
+    def terminate(signum: int | None = None, frame: object = None) -> None:
+        """Stop every trial, which then queues its retry; SIGTERM leaves as Ctrl-C does."""
+        for worker in workers:
+            worker._terminate()
+        if signum is not None:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    pool = ThreadPoolExecutor(len(slots))
+    try:
+        for future in [pool.submit(work, slot) for slot in slots]:
+            future.result()
+    except KeyboardInterrupt:
+        terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True)  # after an interrupt: once the trials have queued their retries
+        signal.signal(signal.SIGTERM, previous)
+    return [worker.study for worker in workers]
+
+
 def run_sweep(cfg: SweepConfig, threads: int = 1, worker_index: int = 0) -> optuna.Study:
     """Run (or resume, or join) the sweep until its budget is met; returns the Optuna study."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return Worker(cfg, threads, worker_index).run()
+    return run_sweeps([cfg], threads, worker_index)[0]
