@@ -4,6 +4,10 @@ A hook can change the model once before training (shrink & perturb), do work at 
 (deep clustering's k-means), add trainable modules (a clustering head) and add loss terms computed from
 the batch's features (a clustering loss, PAR's distance to the frozen poisoned model). The loop calls every
 hook at these points and nothing else, so a defense never needs its own copy of the loop.
+
+Order: ``setup`` first, so a hook can size its modules by the run (deep clustering's head has one output per
+eval class); then ``modules`` are collected and the optimizer is built over the model and them, and handed
+to the hooks as ``LoopContext.optimizer`` (a hook that re-initialises its module resets that module's state).
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ from typing import Any
 
 import torch
 
-from clipbackdoor.config import ModelConfig
+from clipbackdoor.config import LabelledSource, ModelConfig
 from clipbackdoor.data.datasets import PairDataset
 from clipbackdoor.models import ClipBundle
 
 
 @dataclass
 class LoopContext:
-    """What hooks may look at: the model, the training data and where things run."""
+    """What hooks may look at: the model, the training data, the eval set's config, where things run and,
+    once built (after ``setup``), the optimizer."""
 
     bundle: ClipBundle
     model_config: ModelConfig
@@ -28,15 +33,19 @@ class LoopContext:
     device: torch.device
     seed: int
     batch_size: int
+    eval_source: LabelledSource | None = None  # the zero-shot eval set; None: an eval without classes
+    optimizer: torch.optim.Optimizer | None = None
 
 
 class Hook:
     def modules(self) -> dict[str, torch.nn.Module]:
-        """Extra trainable modules, by name: optimised with the model and saved in its checkpoints."""
+        """Extra trainable modules, by name (asked after ``setup``): optimised with the model and saved in its
+        checkpoints."""
         return {}
 
     def setup(self, ctx: LoopContext) -> None:
-        """At every start, fresh or resumed, before anything else (e.g. load a frozen reference model)."""
+        """At every start, fresh or resumed, before anything else (e.g. load a frozen reference model, create
+        the hook's modules); ``ctx.optimizer`` is not built yet."""
 
     def before_training(self, ctx: LoopContext) -> None:
         """Once, after the epoch-0 evaluation of a fresh (not resumed) run."""

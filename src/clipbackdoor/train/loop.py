@@ -92,9 +92,6 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
     objective = WeightedObjective(cfg.objective, env.rank, env.world_size).to(env.device)
     views = objective.views
     hooks = build_defense(cfg.defense).hooks(bundle) if cfg.defense else []
-    extras = torch.nn.ModuleDict({k: m for h in hooks for k, m in h.modules().items()}).to(env.device)
-    if env.world_size > 1 and len(extras):
-        raise ConfigError(f"defense {cfg.defense['name']} trains extra modules, not yet supported under torchrun")
     memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     if tcfg.grad_checkpointing:
@@ -135,10 +132,13 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={tcfg.batch_size} (the global batch) exceeds the training pairs")
     total_steps = steps_per_epoch * tcfg.epochs
-    optimizer = build_optimizer(torch.nn.ModuleDict({"clip": model, **extras}), tcfg)
-    ctx = LoopContext(bundle, cfg.model, train_set, env.device, cfg.seed, layout.micro_batch)
+    ctx = LoopContext(bundle, cfg.model, train_set, env.device, cfg.seed, layout.micro_batch, cfg.data.eval)
     for hook in hooks:
         hook.setup(ctx)
+    extras = torch.nn.ModuleDict({k: m for h in hooks for k, m in h.modules().items()}).to(env.device)
+    if env.world_size > 1 and len(extras):
+        raise ConfigError(f"defense {cfg.defense['name']} trains extra modules, not yet supported under torchrun")
+    optimizer = ctx.optimizer = build_optimizer(torch.nn.ModuleDict({"clip": model, **extras}), tcfg)
     if env.is_main:  # only now, when the run can start: a failed start leaves no config that locks the name
         save_config(cfg, run_dir / "config.yaml")
 
