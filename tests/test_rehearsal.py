@@ -8,8 +8,8 @@ MMCL+SSL) with its per-forward micro-batch (accumulated exactly over 2 ranks), t
 trigger, target and mode, the torchrun launcher, the defenses and their single-device cleaning batches, the
 ImageNet eval with ASR every epoch, the selection rule. Poisoning goes from shards to shards.
 
-The CI variant runs study-cc3m (about a minute and a half); `make test-slow` runs both recipes at a larger
-scale, with more epochs and an interruption between stages.
+The CI variant runs both recipes on one generated data set; `make test-slow` runs both at a larger scale, with
+more epochs and an interruption between stages.
 """
 
 from __future__ import annotations
@@ -93,9 +93,10 @@ def _records(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def rehearse(name: str, scale: str, root: Path, capsys: pytest.CaptureFixture) -> tuple[Path, list[str]]:
+def rehearse(
+    name: str, scale: str, data: SynthManifest, root: Path, capsys: pytest.CaptureFixture
+) -> tuple[Path, list[str]]:
     """Run the study in miniature and check what the paper's setting depends on; returns its folder and args."""
-    data = _synth(root / "web", scale)
     out = root / "runs"
     args = rehearsal_overrides(name, data, out, scale)
     assert main(["study", name, *args]) == 0
@@ -152,10 +153,18 @@ def rehearse(name: str, scale: str, root: Path, capsys: pytest.CaptureFixture) -
     return study_dir, args
 
 
-@pytest.mark.parametrize("name", ["study-cc3m", pytest.param("study-cc6m", marks=pytest.mark.slow)])
-def test_rehearsal_of_the_shipped_study(name: str, tmp_path: Path, capsys, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def ci_web_data(tmp_path_factory: pytest.TempPathFactory) -> SynthManifest:
+    """The CI miniature's web-like data, generated once for both recipes."""
+    return _synth(tmp_path_factory.mktemp("web"), "ci")
+
+
+@pytest.mark.parametrize("name", ["study-cc3m", "study-cc6m"])
+def test_rehearsal_of_the_shipped_study(
+    name: str, ci_web_data: SynthManifest, tmp_path: Path, capsys, monkeypatch
+) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    rehearse(name, "ci", tmp_path, capsys)
+    rehearse(name, "ci", ci_web_data, tmp_path, capsys)
 
 
 def _best_table(report: str) -> str:
@@ -169,7 +178,7 @@ def test_slow_rehearsal_interrupted_between_stages_resumes_to_the_same_report(
     name: str, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    study_dir, args = rehearse(name, "slow", tmp_path, capsys)
+    study_dir, args = rehearse(name, "slow", _synth(tmp_path / "web", "slow"), tmp_path, capsys)
     report = (study_dir / "report" / "report.md").read_text()
     shutil.rmtree(study_dir / "sweeps")  # the state of a study stopped between pre-training and the sweeps
     shutil.rmtree(study_dir / "report")
