@@ -65,13 +65,13 @@ def tiny_cfg(fmnist_root: Path, tmp_path: Path) -> ExperimentConfig:
 YELLOW = "{name: badnet, pattern: solid, color: [1, 1, 0], size: 8, reference_size: 32, location: random}"
 
 
-def poisoned_run(root: Path, out: Path, **extra) -> Path:
+def poisoned_run(root: Path, out: Path, trigger: str = YELLOW, **extra) -> Path:
     """Poison the tiny data set (with a cleaning set) and pre-train on it; returns the run directory."""
     data = out / "data"
     overrides = [
         *tiny_overrides(root, out / "runs", **{"name": "poisoned", **extra}),
         f"poison.output={data}", f"poison.source={{source: fashion-mnist, root: {root}}}",
-        f"poison.trigger={YELLOW}", "poison.num_poisons=48", "poison.cleaning={size: 64}",
+        f"poison.trigger={trigger}", "poison.num_poisons=48", "poison.cleaning={size: 64}",
         f"data.train={{source: csv, path: {data}/train.csv}}", f"eval.attack={data}/manifest.json",
     ]  # fmt: skip
     assert main(["poison", "demo", *overrides]) == 0

@@ -12,7 +12,7 @@ from clipbackdoor.models import create_model
 from clipbackdoor.train import checkpoint as ckpt
 from clipbackdoor.train.loop import fit
 
-from .conftest import poisoned_run
+from .conftest import YELLOW, poisoned_run
 
 RECIPES = ["cleanclip", "mmcl-only", "ssl-only", "heavy-wd", "shrink-perturb", "deep-clustering", "par"]
 CLEAN_TINY = ["train.epochs=1", "train.batch_size=16", "train.warmup_steps=1", "train.lr=1e-4"]
@@ -92,10 +92,14 @@ def _epochs(run: Path) -> list[dict]:
 
 
 def test_cleaning_a_tiny_poisoned_model_lowers_its_asr(fmnist_root: Path, tmp_path: Path) -> None:
-    run = poisoned_run(fmnist_root, tmp_path, **{"train.epochs": 6, "train.lr": 2e-3, "eval.every_epoch": False})
+    corner = YELLOW.replace("location: random", "location: bottom-right")  # a backdoor 6 tiny epochs implant
+    run = poisoned_run(
+        fmnist_root, tmp_path, corner, **{"train.epochs": 6, "train.lr": 2e-3, "eval.every_epoch": False}
+    )
     before = _epochs(run)[-1]
     assert before["eval/asr_top1"] >= 50, "the tiny model must carry the backdoor for this test to mean anything"
-    cleaned = fit(cleaning_config(run, "mmcl-only", ["train.epochs=4", "train.batch_size=16", "train.lr=1e-3",
+    cleaned = fit(cleaning_config(run, "mmcl-only", ["train.epochs=8", "train.batch_size=16", "train.lr=1e-3",
                                                      "train.warmup_steps=1", "eval.every_epoch=true"]))  # fmt: skip
     assert cleaned[0]["eval/asr_top1"] == before["eval/asr_top1"]
     assert cleaned[-1]["eval/asr_top1"] <= before["eval/asr_top1"] - 20
+    assert cleaned[-1]["eval/clean_top1"] >= before["eval/clean_top1"] - 10  # cleaned, not destroyed
