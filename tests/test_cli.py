@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from clipbackdoor.cli import main
 from clipbackdoor.train.metrics import read_records
 
@@ -49,6 +51,7 @@ def test_poison_then_pretrain_records_asr_every_epoch(fmnist_root: Path, tmp_pat
         assert 0 <= r["eval/asr_top1"] <= 100 and 0 <= r["eval/ra_top1"] <= 100
 
 
+@pytest.mark.slow  # CI: the rehearsal runs a study end to end, test_study_launch and test_study_seeds its resumption
 def test_demo_study_runs_every_stage_on_tiny_data_and_resumes(fmnist_root: Path, tmp_path: Path, capsys) -> None:
     base = dict(o.split("=", 1) for o in tiny_overrides(fmnist_root, tmp_path, **{"train.epochs": 1}))
     for key in ("name", "output_dir", "data.train", "eval.attack"):  # the study sets these itself
@@ -56,6 +59,7 @@ def test_demo_study_runs_every_stage_on_tiny_data_and_resumes(fmnist_root: Path,
     base.update({"poison.source.root": str(fmnist_root), "poison.num_poisons": "48", "poison.cleaning": "{size: 64}"})
     study = [
         f"output_dir={tmp_path}",
+        "workers=2",  # the four one-trial sweeps, two at a time
         "overrides={" + ", ".join(f"'{k}': {v}" for k, v in base.items()) + "}",
         "defenses.cleanclip.space.train\\.lr.grid=[3.0e-3]",
         "defenses.cleanclip.overrides={train.epochs: 1, train.batch_size: 16, train.warmup_steps: 1}",
