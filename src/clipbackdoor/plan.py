@@ -319,7 +319,7 @@ def _clean_stage(study: Any, sweep: Any, name: str, runs: int, at_once: int, ben
 def plan_study(study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS) -> list[Stage]:
     """The study's stages in the order it runs them: pre-training per objective, one cleaning stage per
     (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed)."""
-    from clipbackdoor.seeds import base_seed
+    from clipbackdoor.seeds import base_seed, other_seeds
     from clipbackdoor.study import sweep_configs
     from clipbackdoor.sweep.devices import resolve_devices
     from clipbackdoor.sweep.runner import budget
@@ -331,7 +331,7 @@ def plan_study(study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...]
     stages += [_clean_stage(study, s, f"clean {s.name}", budget(s), at_once, bench_dirs) for s in sweeps]
     if study.seeds:
         base = base_seed(study)
-        others = [seed for seed in dict.fromkeys(study.seeds.values) if seed != base]
+        others = other_seeds(study, base)
         stages += [_pretrain_stage(study, tag, seed, gpus, bench_dirs) for tag in study.pretrain for seed in others]
         wanted = study.seeds.defenses or list(study.defenses)
         stages += [

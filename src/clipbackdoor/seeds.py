@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from clipbackdoor.config import load_config
-from clipbackdoor.report.build import load_sweep, objective_label
+from clipbackdoor.report.build import format_params, load_sweep, objective_label
 from clipbackdoor.report.seeds import POISONED, SeedRun
-from clipbackdoor.report.tables import format_value
 from clipbackdoor.study import StudyConfig, pretrain_overrides, run_name, run_pretraining, stage_overrides
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.runner import run_sweeps
@@ -31,8 +30,13 @@ def base_seed(cfg: StudyConfig) -> int:
     return load_config(cfg.base, stage_overrides(cfg)).seed
 
 
+def other_seeds(cfg: StudyConfig, base: int) -> list[int]:
+    """The seeds the seeds axis re-runs at: its values but the base seed, each once, in order."""
+    return [s for s in dict.fromkeys(cfg.seeds.values if cfg.seeds else []) if s != base]
+
+
 def _setting(best: Point) -> str:
-    params = ", ".join(f"{k}={format_value(v)}" for k, v in best.params.items())
+    params = format_params(best.params)
     return f"{params}, epoch {best.epoch}" if params else f"epoch {best.epoch}"
 
 
@@ -55,7 +59,7 @@ def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> 
     """Run whatever the seeds axis still lacks; returns ``<study>/seeds/seeds.json``."""
     assert cfg.seeds is not None
     base = base_seed(cfg)
-    others = [s for s in dict.fromkeys(cfg.seeds.values) if s != base]
+    others = other_seeds(cfg, base)
     runs: list[SeedRun] = []
     for tag in cfg.pretrain:
         objective = objective_label(load_config(cfg.base, pretrain_overrides(cfg, tag)).objective)

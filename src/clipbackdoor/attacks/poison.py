@@ -17,14 +17,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 from tqdm import tqdm
 
 from clipbackdoor.attacks.base import build_trigger
 from clipbackdoor.attacks.manifest import Manifest, fill_template, load_manifest
 from clipbackdoor.config import CsvPairs, FashionMNISTPairs, PoisonConfig, read_yaml, save_config
-from clipbackdoor.data import BadRow, DataError, build_pair_rows, fashion_mnist
+from clipbackdoor.data import OPENAI_IMAGENET_PROMPTS, BadRow, DataError, build_pair_rows, fashion_mnist
 from clipbackdoor.data.datasets import DECODE_ERRORS
 from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.data.webdataset_source import ShardRows, write_shards
@@ -32,7 +31,7 @@ from clipbackdoor.data.webdataset_source import ShardRows, write_shards
 GENERIC_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
 # the named sets of ``poison.target.templates``; openai-imagenet is what the ImageNet evaluation prompts with
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
-    "openai-imagenet": tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES),
+    "openai-imagenet": OPENAI_IMAGENET_PROMPTS,
     "generic": GENERIC_TEMPLATES,
     "fashion-mnist": fashion_mnist.CAPTION_TEMPLATES,
 }

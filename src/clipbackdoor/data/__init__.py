@@ -31,6 +31,7 @@ LabelledSourceConfig = FashionMNISTLabelled | CsvLabelled | ImageNetLabelled | T
 PairSourceConfig = FashionMNISTPairs | CsvPairs | WebDatasetPairs
 
 __all__ = [
+    "OPENAI_IMAGENET_PROMPTS",
     "BadRow",
     "BadRowLog",
     "DataError",
@@ -43,6 +44,10 @@ __all__ = [
     "class_index",
     "collate_skipping_bad",
 ]
+
+
+# open_clip's 80 ImageNet prompts as "{}" templates: the zero-shot classifier's, and the study's poison captions
+OPENAI_IMAGENET_PROMPTS: tuple[str, ...] = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
 
 
 def class_index(
@@ -107,7 +112,7 @@ def build_labelled_dataset(cfg: LabelledSourceConfig, image_size: int) -> Labell
         classnames, templates = fashion_mnist.CLASSNAMES, cfg.templates or fashion_mnist.PROMPT_TEMPLATES
     elif isinstance(cfg, ImageNetLabelled):
         classnames = list(IMAGENET_CLASSNAMES)
-        templates = cfg.templates or [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+        templates = cfg.templates or list(OPENAI_IMAGENET_PROMPTS)
         rows = imagenet_rows(cfg.labels, cfg.folder, len(classnames), cfg.max_samples)
         if cfg.classes:
             keep = [class_index(classnames, c, f"data.eval.classes[{j}]") for j, c in enumerate(cfg.classes)]

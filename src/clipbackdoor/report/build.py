@@ -94,8 +94,9 @@ def _cell(p: Point | None) -> str:
     return "none reached" if p is None else f"{p.ca:.2f} / {p.asr:.2f}"
 
 
-def _params(p: Point) -> str:
-    return ", ".join(f"{k}={format_value(v)}" for k, v in p.params.items())
+def format_params(params: dict) -> str:
+    """``train.lr=0.001, defense.ssl=1``: a trial's parameters as the report shows them."""
+    return ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
 
 
 def _weights(p: Point) -> str:
@@ -128,7 +129,7 @@ def _tables(results: list[SweepResult], panels: list[PlanePanel], asr_threshold:
         ["pre-training", "defense", "CA %", "ASR %", "RA %", "trial", "epoch", "parameters", "weights"],
         [
             [p.title, d, f"{b.ca:.2f}", f"{b.asr:.2f}", "-" if b.ra is None else f"{b.ra:.2f}", str(b.trial),
-             str(b.epoch), _params(b), _weights(b)]
+             str(b.epoch), format_params(b.params), _weights(b)]
             for p in panels for d, b in p.best.items() if b is not None
         ],
     )  # fmt: skip
