@@ -109,12 +109,13 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
                 (out / relative).parent.mkdir(exist_ok=True)
                 (out / relative).write_bytes(data)
             elif poisoned or csv_root is None:
-                image = rows.pil(i)
-                if poisoned:
-                    pixels = to_size(image).permute(1, 2, 0).numpy()
-                    image = trigger.apply_pil(Image.fromarray(pixels, mode="RGB"), i)
-                (out / relative).parent.mkdir(exist_ok=True)
-                image.save(out / relative)
+                with rows.pil(i) as source:  # decoded by to_size (reduced where the loader would) or save
+                    image = source
+                    if poisoned:
+                        pixels = to_size(source).permute(1, 2, 0).numpy()
+                        image = trigger.apply_pil(Image.fromarray(pixels, mode="RGB"), i)
+                    (out / relative).parent.mkdir(exist_ok=True)
+                    image.save(out / relative)
             else:
                 relative = f"source/{rows.images[i]}"
         except DECODE_ERRORS as err:

@@ -80,7 +80,8 @@ class PairDataset(Dataset):
 
     def _item(self, epoch: int, index: int) -> dict[str, Any] | BadRow:
         try:
-            resized = self.transform.resize(self.rows.pil(index))
+            with self.rows.pil(index) as image:  # decoded inside the resize; closed on a decoding error too
+                resized = self.transform.resize(image)
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
         caption = self.rows.caption(index)
@@ -122,7 +123,8 @@ class LabelledDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadRow:
         try:
-            image = self.transform(self.rows.pil(index))
+            with self.rows.pil(index) as source:
+                image = self.transform(source)
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
         return {"image": image, "label": self.rows.label(index), "index": index}

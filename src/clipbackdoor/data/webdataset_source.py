@@ -133,8 +133,7 @@ class ShardPairs(IterableDataset):
             return BadRow(url, index, f"sample {key!r}: empty caption")
         try:
             with Image.open(io.BytesIO(sample[image_key])) as im:
-                im.load()
-                resized = self.transform.resize(im)
+                resized = self.transform.resize(im)  # decoded there, at a reduced size where it may be
         except DECODE_ERRORS as err:
             return BadRow(url, index, f"sample {key!r}: unreadable image ({err})")
         item = {"image": self.transform.to_tensor(resized), "text": self.tokenizer([caption])[0], "index": index}
@@ -222,6 +221,5 @@ class ShardRows:
             return f.read(size), ext
 
     def pil(self, index: int) -> Image.Image:
-        with Image.open(io.BytesIO(self.raw(index)[0])) as im:
-            im.load()
-            return im.copy()
+        """The image, opened but not decoded (see :func:`clipbackdoor.data.transforms.open_image`)."""
+        return Image.open(io.BytesIO(self.raw(index)[0]))
