@@ -29,7 +29,8 @@ def reference(data: bytes, size: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     """Web-like JPEGs of 200-1200 px a side (every texture and shape the generator draws)."""
-    m = synthesize(tmp_path_factory.mktemp("web") / "set", pairs=40, eval_images=0, corrupt=0, min_side=200, max_side=1200)
+    out = tmp_path_factory.mktemp("web") / "set"
+    m = synthesize(out, pairs=40, eval_images=0, corrupt=0, min_side=200, max_side=1200)
     return [p.read_bytes() for p in sorted((m.out / "images").glob("*.jpg"))]
 
 

@@ -168,6 +168,11 @@ class DataConfig(_Strict):
     max_bad_rows: int = Field(
         100, ge=0, description="corrupt images / empty captions skipped before the run stops with an error"
     )
+    decode: Literal["cpu", "gpu"] = Field(
+        "cpu",
+        description="where training JPEGs are decoded, resized and AutoAugmented: in the loader workers (cpu), or "
+        "batched on the training device (gpu: nvJPEG, for nodes whose CPUs cannot feed their GPUs; see plan)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- model

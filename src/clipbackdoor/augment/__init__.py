@@ -7,6 +7,7 @@ process, after a resume as in an uninterrupted run — and is drawn anew every e
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from clipbackdoor.augment.batched import BatchedAutoAugment
 from clipbackdoor.augment.text import EDA
 from clipbackdoor.augment.wordnet import wordnet
 from clipbackdoor.config import AugmentConfig
@@ -34,6 +36,7 @@ class ViewMaker:
 
     def __post_init__(self) -> None:
         self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+        self.batched = BatchedAutoAugment()
         t = self.config.text
         self.eda = EDA(t.alpha_sr, t.alpha_ri, t.alpha_rs, t.p_rd)
         if "text_aug" in self.views and t.alpha_sr + t.alpha_ri > 0:
@@ -54,6 +57,13 @@ class ViewMaker:
             return self.autoaugment(image)
         finally:
             torch.set_rng_state(state)
+
+    def image_batch(self, images: torch.Tensor, epoch: int, indices: Sequence[int]) -> torch.Tensor:
+        """AutoAugment of a uint8 batch [B, 3, H, W] on its device: sample i gets the operations that
+        :meth:`image` gives sample ``indices[i]`` (torchvision's draws, from the same seed)."""
+        h, w = images.shape[-2:]
+        draws = [self.batched.draw(view_seed(self.seed, self._epoch(epoch), i, 0), h, w) for i in indices]
+        return self.batched(images, draws)
 
     def text(self, caption: str, epoch: int, index: int) -> str:
         return self.eda(caption, random.Random(view_seed(self.seed, self._epoch(epoch), index, 1)))

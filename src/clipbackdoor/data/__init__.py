@@ -81,15 +81,17 @@ def build_pair_dataset(
     rank: int = 0,
     layout: BatchLayout | None = None,
     num_workers: int = 0,
+    device_decode: bool = False,
 ) -> PairDataset | ShardPairs:
     """The training pairs a config names (load-time bad rows on ``dataset.bad``). Streamed shards are an
-    iterable dataset that splits itself over the layout's ranks and ``num_workers`` loader workers."""
+    iterable dataset that splits itself over the layout's ranks and ``num_workers`` loader workers. With
+    ``device_decode`` JPEGs and AutoAugment views are left to :class:`~clipbackdoor.data.device_decode.DeviceDecode`."""
     transform = ResizeCenterCrop(image_size)
     if isinstance(cfg, WebDatasetPairs) and cfg.access == "stream":
         if layout is None:
             raise ValueError("streaming shards needs the batch layout (ranks and micro-batches)")
-        return ShardPairs(cfg, transform, tokenizer, view_maker, seed, rank, layout, num_workers)
-    return PairDataset(build_pair_rows(cfg, seed), transform, tokenizer, view_maker)
+        return ShardPairs(cfg, transform, tokenizer, view_maker, seed, rank, layout, num_workers, device_decode)
+    return PairDataset(build_pair_rows(cfg, seed), transform, tokenizer, view_maker, device_decode)
 
 
 def build_pair_rows(cfg: PairSourceConfig, seed: int) -> fashion_mnist.FashionMNISTRows | CsvCaptionRows | ShardRows:

@@ -169,6 +169,10 @@ class CsvRows:
     def pil(self, index: int) -> Image.Image:
         return open_image(str(self.root / self.images[index]))
 
+    def encoded(self, index: int) -> bytes:
+        """The image file's bytes (for decoding on the device)."""
+        return (self.root / self.images[index]).read_bytes()
+
 
 class CsvCaptionRows(CsvRows):
     def __init__(

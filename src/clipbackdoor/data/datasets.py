@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from clipbackdoor.data.bad_rows import BadRow, DataError
+from clipbackdoor.data.device_decode import complete_jpeg
 from clipbackdoor.data.sampling import SampleKey
 from clipbackdoor.data.transforms import ResizeCenterCrop
 
@@ -25,7 +26,8 @@ DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
 class PairDataset(Dataset):
     """Items are ``{"image": uint8 [3,H,W], "text": token ids, "index": int}`` or a :class:`BadRow`.
 
-    With a ``view_maker`` the items also carry ``image_aug`` and/or ``text_aug``. Keys may be plain indices,
+    With a ``view_maker`` the items also carry ``image_aug`` and/or ``text_aug``. With ``device_decode``, a
+    complete JPEG is passed on undecoded (see :func:`image_entries`). Keys may be plain indices,
     ``(epoch, index)`` pairs or the training sampler's ``(epoch, index, successors)``: the epoch travels with
     the key, so views are seeded per epoch even inside persistent DataLoader workers.
     """
@@ -36,11 +38,13 @@ class PairDataset(Dataset):
         transform: ResizeCenterCrop,
         tokenizer: Callable[[list[str]], torch.Tensor],
         view_maker: Any = None,
+        device_decode: bool = False,
     ):
         self.rows = rows
         self.transform = transform
         self.tokenizer = tokenizer
         self.view_maker = view_maker
+        self.device_decode = device_decode
         # Many captions repeat (templates); tokenising each distinct caption once is free speed.
         self._tokens = lru_cache(maxsize=1 << 16)(self._tokenize)
 
@@ -79,17 +83,17 @@ class PairDataset(Dataset):
         return self._item(epoch, index)
 
     def _item(self, epoch: int, index: int) -> dict[str, Any] | BadRow:
+        encoded = getattr(self.rows, "encoded", None) if self.device_decode else None
         try:
-            with self.rows.pil(index) as image:  # decoded inside the resize; closed on a decoding error too
-                resized = self.transform.resize(image)
+            item = image_entries(
+                lambda: self.rows.pil(index), self.transform, self.view_maker, epoch, index,
+                self.device_decode, encoded(index) if encoded else None,
+            )  # fmt: skip
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
         caption = self.rows.caption(index)
-        item = {"image": self.transform.to_tensor(resized), "text": self._tokens(caption), "index": index}
-        views = self.view_maker.views if self.view_maker is not None else ()
-        if "image_aug" in views:  # AutoAugment on the PIL image: ~25% cheaper than on a tensor at 32 px
-            item["image_aug"] = self.transform.to_tensor(self.view_maker.image(resized, epoch, index))
-        if "text_aug" in views:
+        item.update(text=self._tokens(caption), index=index)
+        if self.view_maker is not None and "text_aug" in self.view_maker.views:
             item["text_aug"] = self._tokens(self.view_maker.text(caption, epoch, index))
         return item
 
@@ -130,6 +134,34 @@ class LabelledDataset(Dataset):
         return {"image": image, "label": self.rows.label(index), "index": index}
 
 
+def image_entries(
+    open_image: Callable[[], Image.Image],
+    transform: ResizeCenterCrop,
+    view_maker: Any,
+    epoch: int,
+    index: int,
+    device_decode: bool = False,
+    encoded: bytes | None = None,
+) -> dict[str, torch.Tensor]:
+    """An item's image entries; raises one of :data:`DECODE_ERRORS` for an unreadable image.
+
+    On the CPU path the image is decoded here: ``image`` is uint8 [3, S, S] and, if the view maker asks for
+    it, ``image_aug`` is its AutoAugment view (on the PIL image: ~25 % cheaper than on a tensor at 32 px).
+    With ``device_decode`` (``data.decode: gpu``) the AutoAugment view is made on the device, from the
+    decoded batch (:mod:`clipbackdoor.data.device_decode`), and if the source's ``encoded`` bytes hold a
+    whole JPEG stream, ``image`` is those bytes (uint8 [n]) for the device to decode. A truncated JPEG, or
+    another format (the poisoned PNGs), is decoded here, where a decoding error is caught and the row replaced.
+    """
+    if device_decode and encoded is not None and complete_jpeg(encoded):
+        return {"image": torch.frombuffer(bytearray(encoded), dtype=torch.uint8)}
+    with open_image() as image:  # decoded inside the resize; closed on a decoding error too
+        resized = transform.resize(image)
+    entries = {"image": transform.to_tensor(resized)}
+    if not device_decode and view_maker is not None and "image_aug" in view_maker.views:
+        entries["image_aug"] = transform.to_tensor(view_maker.image(resized, epoch, index))
+    return entries
+
+
 def collate_skipping_bad(items: list[dict[str, Any] | BadRow]) -> dict[str, Any]:
     """Stack the good items; pass the bad ones (skipped, or replaced by a successor) on under ``"bad_rows"``
     for the main process to count."""
@@ -137,6 +169,9 @@ def collate_skipping_bad(items: list[dict[str, Any] | BadRow]) -> dict[str, Any]
     bad = [x for x in items if isinstance(x, BadRow)]
     for item in good:
         bad.extend(item.pop("replaced", ()))
+    encoded = [x.pop("image") for x in good] if any(x["image"].dim() == 1 for x in good) else None
     batch: dict[str, Any] = default_collate(good) if good else {}
+    if encoded is not None:  # JPEG bytes and decoded images, in order: the device decodes the batch
+        batch["image"] = encoded
     batch["bad_rows"] = bad
     return batch

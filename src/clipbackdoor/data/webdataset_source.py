@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from clipbackdoor.config import ConfigError, WebDatasetPairs
 from clipbackdoor.data.bad_rows import BadRow, DataError
-from clipbackdoor.data.datasets import DECODE_ERRORS
+from clipbackdoor.data.datasets import DECODE_ERRORS, image_entries
 from clipbackdoor.data.sampling import FALLBACKS
 from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.train.batching import BatchLayout
@@ -50,8 +50,10 @@ class ShardPairs(IterableDataset):
         rank: int,
         layout: BatchLayout,
         num_workers: int,
+        device_decode: bool = False,
     ):
         self.cfg, self.transform, self.tokenizer, self.view_maker = cfg, transform, tokenizer, view_maker
+        self.device_decode = device_decode
         self.seed, self.rank, self.world_size = seed, rank, layout.world_size
         self.urls = shard_urls(cfg.urls)
         self.workers = max(1, num_workers)
@@ -131,16 +133,16 @@ class ShardPairs(IterableDataset):
             return BadRow(url, index, f"sample {key!r}: caption is not valid UTF-8")
         if not caption:
             return BadRow(url, index, f"sample {key!r}: empty caption")
+        data = sample[image_key]
         try:
-            with Image.open(io.BytesIO(sample[image_key])) as im:
-                resized = self.transform.resize(im)  # decoded there, at a reduced size where it may be
+            item = image_entries(
+                lambda: Image.open(io.BytesIO(data)), self.transform, self.view_maker, self.epoch, index,
+                self.device_decode, data,
+            )  # fmt: skip
         except DECODE_ERRORS as err:
             return BadRow(url, index, f"sample {key!r}: unreadable image ({err})")
-        item = {"image": self.transform.to_tensor(resized), "text": self.tokenizer([caption])[0], "index": index}
-        views = self.view_maker.views if self.view_maker is not None else ()
-        if "image_aug" in views:
-            item["image_aug"] = self.transform.to_tensor(self.view_maker.image(resized, self.epoch, index))
-        if "text_aug" in views:
+        item.update(text=self.tokenizer([caption])[0], index=index)
+        if self.view_maker is not None and "text_aug" in self.view_maker.views:
             item["text_aug"] = self.tokenizer([self.view_maker.text(caption, self.epoch, index)])[0]
         return item
 
@@ -212,6 +214,10 @@ class ShardRows:
 
     def caption(self, index: int) -> str:
         return self.entries[index][4]
+
+    def encoded(self, index: int) -> bytes:
+        """The image's bytes as stored (for decoding on the device)."""
+        return self.raw(index)[0]
 
     def raw(self, index: int) -> tuple[bytes, str]:
         """The image's bytes as stored, and its extension (``jpg``): copied on without decoding."""

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from clipbackdoor.augment import ViewMaker
 from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, save_config
 from clipbackdoor.data import BadRowLog, GlobalBatchSampler, build_pair_dataset, collate_skipping_bad
+from clipbackdoor.data.device_decode import DeviceDecode
 from clipbackdoor.defenses import build_defense
 from clipbackdoor.evaluation import build_evaluator
 from clipbackdoor.models import create_model
@@ -105,10 +106,12 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
 
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     view_maker = ViewMaker(views, cfg.seed, cfg.augment) if views else None
+    device_decode = cfg.data.decode == "gpu"
     train_set = build_pair_dataset(
         cfg.data.train, bundle.image_size, cfg.seed, bundle.tokenizer, view_maker,
-        rank=env.rank, layout=layout, num_workers=cfg.data.num_workers,
+        rank=env.rank, layout=layout, num_workers=cfg.data.num_workers, device_decode=device_decode,
     )  # fmt: skip
+    prepare = DeviceDecode(bundle.image_size, env.device, view_maker) if device_decode else _as_loaded
     bad_rows.add(train_set.bad)
     # every rank evaluates its share of the eval set; the counts are summed (the same result on every rank)
     evaluator = build_evaluator(
@@ -183,6 +186,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
             dynamic_ncols=True,
         )
         for micro_batches in _grouped(loader, layout.accum_steps, steps_per_epoch):
+            micro_batches = [prepare(batch, epoch) for batch in micro_batches]
             for batch in micro_batches:
                 bad_rows.add(batch.pop("bad_rows"))
             loss, parts = forward_backward(
@@ -263,6 +267,11 @@ def _grouped(loader: DataLoader, k: int, steps: int) -> Iterator[list[dict[str, 
             steps -= 1
             if steps == 0:
                 return
+
+
+def _as_loaded(batch: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """The loader's batch as it is (``data.decode: cpu``: the workers decoded and augmented it)."""
+    return batch
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:

@@ -1,0 +1,95 @@
+"""``data.decode: gpu``: decode, resize and augment the training images on the device, in batches.
+
+For nodes whose CPUs cannot feed their GPUs (see ``clipbackdoor plan``): loader workers only read files,
+tokenise captions and make the EDA views, and pass each whole JPEG on as its bytes. On the device, the batch
+is decoded by torchvision (nvJPEG on CUDA, libjpeg-turbo on the CPU: the same code, so CI tests it), each
+image is resized (bicubic, antialiased) to the resize-then-crop window of DESIGN §5 and cropped, and the
+AutoAugment views are made for the whole batch at once (:class:`BatchedAutoAugment`). Images that are not
+JPEGs (the poisoned PNGs) or are not whole JPEG streams arrive decoded by the worker, as on the CPU path.
+
+A JPEG that passes the worker's check yet fails to decode on the device cannot be swapped for another
+sample there (every rank's batch has its size fixed): it is decoded on the CPU instead, and if that fails
+too it becomes a mid-grey image, counted as a bad row (``data.max_bad_rows`` stops a run that has many).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from clipbackdoor.data.bad_rows import BadRow
+from clipbackdoor.data.transforms import ResizeCenterCrop
+
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def complete_jpeg(data: bytes) -> bool:
+    """Whether ``data`` is a JPEG stream that ends (its end marker within the last bytes: some writers pad).
+
+    A truncated download lacks the end marker; it is then decoded on the CPU, where it fails and is replaced."""
+    return data[:2] == JPEG_START and JPEG_END in data[-32:]
+
+
+def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, h, w] -> [3, size, size]: shorter side to ``size`` (bicubic, antialiased), the window that
+    :class:`clipbackdoor.data.transforms.ResizeCenterCrop` keeps (the same rounding of sizes and offsets)."""
+    h, w = image.shape[-2:]
+    scale = size / min(w, h)
+    rw, rh = max(size, int(w * scale)), max(size, int(h * scale))
+    if (rw, rh) != (w, h):
+        image = F.resize(image, [rh, rw], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    left, top = (rw - size) // 2, (rh - size) // 2
+    return image[..., top : top + size, left : left + size]
+
+
+class DeviceDecode:
+    """Turns a loader batch into one the step can use: ``image`` uint8 [B, 3, S, S] on ``device`` and, when the
+    view maker asks for it, ``image_aug`` made there from the decoded images."""
+
+    def __init__(self, size: int, device: torch.device, view_maker: Any = None):
+        self.size, self.device, self.view_maker = size, device, view_maker
+
+    def __call__(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
+        images = batch["image"]
+        if isinstance(images, list):
+            images = self.decode(images, batch)
+        images = images.to(self.device, non_blocking=True)
+        batch["image"] = images
+        if self.view_maker is not None and "image_aug" in self.view_maker.views:
+            batch["image_aug"] = self.view_maker.image_batch(images, epoch, batch["index"].tolist())
+        return batch
+
+    def decode(self, entries: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """Stack decoded images and JPEG bytes (1-D) into uint8 [B, 3, S, S] on the device, in order."""
+        jpegs = [i for i, x in enumerate(entries) if x.dim() == 1]
+        out = torch.empty((len(entries), 3, self.size, self.size), dtype=torch.uint8, device=self.device)
+        for i, x in enumerate(entries):
+            if x.dim() == 3:
+                out[i] = x.to(self.device, non_blocking=True)
+        try:
+            decoded = decode_jpeg([entries[i] for i in jpegs], mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:  # one bad stream fails the whole call: decode one by one to find it
+            decoded = [self._decode_one(entries[i], batch, i) for i in jpegs]
+        for i, image in zip(jpegs, decoded, strict=True):
+            out[i] = resize_center_crop(image, self.size)
+        return out
+
+    def _decode_one(self, data: torch.Tensor, batch: dict[str, Any], position: int) -> torch.Tensor:
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            pass
+        try:
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+                return ResizeCenterCrop(self.size)(image).to(self.device)
+        except (OSError, ValueError, SyntaxError) as err:
+            index = int(batch["index"][position])
+            reason = f"a JPEG that decodes on neither the device nor the CPU ({err}); trained on as grey"
+            batch.setdefault("bad_rows", []).append(BadRow("device decode", index, reason))
+            return torch.full((3, self.size, self.size), 128, dtype=torch.uint8, device=self.device)
