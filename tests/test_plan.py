@@ -122,3 +122,35 @@ def test_throughput_lookup_skips_other_benchmarks_files(tmp_path: Path) -> None:
     (tmp_path / "gpu_rn50.json").write_text(json.dumps(record))
     rate, source = find_throughput("RN50", "bf16", "mmcl", (tmp_path,))
     assert rate == 1234.0 and "gpu_rn50.json" in source
+
+
+def test_plan_says_whether_the_loader_can_feed_the_devices(tmp_path: Path) -> None:
+    """Loader cores × the measured rate per core, for the training images' size, against the device's rate."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        Image.new("RGB", (340, 256), (i, 0, 0)).save(tmp_path / "img" / f"{i}.jpg")
+    (tmp_path / "train.csv").write_text("image,caption\n" + "".join(f"img/{i}.jpg,a photo {i}\n" for i in range(3)))
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    gpu = {"setup": {"model": "RN50", "precision": "bf16", "device": "cuda"},
+           "results": {"per_objective": {"mmcl": {"synthetic_samples_per_s": 3000.0}}}}  # fmt: skip
+    (bench / "gpu_rn50.json").write_text(json.dumps(gpu))
+    rates = {"raw": 50.0, "256px": 400.0}
+    data = {"regimes": {regime: {"mmcl": {"csv": {"ours": {"samples_per_s_per_core": rate}},
+                                          "decode_gpu": {"loader_per_core": 2000.0}}}
+                        for regime, rate in rates.items()}}  # fmt: skip
+    (bench / "data.json").write_text(json.dumps(data))
+    cfg = load_config("cc3m", [f"data.train={{source: csv, path: {tmp_path / 'train.csv'}}}", "data.num_workers=6"])
+    (stage,) = plan_experiment(cfg, gpus=8, bench_dirs=(bench,), cores=64)
+    assert stage.feed is not None and "256px JPEGs: median shorter side 256 px over 3 images" in stage.feed
+    assert "6 loader core(s) per process × 400/s per core" in stage.feed and "= 2,400/s" in stage.feed
+    starving = [w for w in stage.warnings if "the GPUs will wait" in w]
+    assert starving and "~8 cores per process" in starving[0] and "data.decode: gpu" in starving[0]
+    (stage,) = plan_experiment(cfg.model_copy(update={"data": cfg.data.model_copy(update={"decode": "gpu"})}),
+                               gpus=8, bench_dirs=(bench,), cores=64)  # fmt: skip
+    assert "× 2,000/s per core" in stage.feed and not any("GPUs will wait" in w for w in stage.warnings)
+    (stage,) = plan_experiment(cfg, gpus=8, bench_dirs=(bench,), cores=16)
+    assert any("wants 48 loader cores; the node has 16" in w for w in stage.warnings)
+    assert "2 loader core(s) per process" in stage.feed

@@ -82,9 +82,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from clipbackdoor.study import load_study_config
 
     if is_study(read_yaml(resolve_yaml(args.config))):
-        stages = plan_study(load_study_config(args.config, args.overrides), args.gpus)
+        stages = plan_study(load_study_config(args.config, args.overrides), args.gpus, cores=args.cores)
     else:
-        stages = plan_experiment(load_config(args.config, args.overrides), args.gpus or 1)
+        stages = plan_experiment(load_config(args.config, args.overrides), args.gpus or 1, cores=args.cores)
     print(format_plan(stages))
     return 0
 
@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment or study YAML, or a built-in name")
     p.add_argument("overrides", **overrides)
     p.add_argument("--gpus", type=int, help="processes for training (a study's pre-training); default: its launcher")
+    p.add_argument("--cores", type=int, help="CPU cores per node, for the data-path check; default: this machine's")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("synth", help="write synthetic web-like data: CSV + JPEGs, WebDataset shards, ImageNet eval set")

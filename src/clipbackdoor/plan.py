@@ -10,6 +10,7 @@ would make the run another experiment than the one intended.
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from dataclasses import dataclass, field
 from functools import cache
@@ -28,6 +29,7 @@ from clipbackdoor.config import (
     WebDatasetPairs,
     validate_tree,
 )
+from clipbackdoor.feed import feed_report
 from clipbackdoor.train.batching import BatchLayout, batch_layout
 
 WARMUP_WARN_SHARE = 0.25
@@ -64,6 +66,7 @@ class Stage:
     checkpoint_bytes: int = 0
     throughput: tuple[float, str] | None = None  # samples/s per device, and the file it came from
     warnings: list[str] = field(default_factory=list)
+    feed: str | None = None  # what the loader's cores deliver per process (feed.py); None for in-memory data
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -236,8 +239,10 @@ def plan_stage(
     poison_image_size: int | None = None,
     warnings: list[str] | None = None,
     bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS,
+    cores: int | None = None,
 ) -> Stage:
-    """The plan of one experiment config run ``runs`` times on ``processes`` processes."""
+    """The plan of one experiment config run ``runs`` times on ``processes`` processes, on a node with
+    ``cores`` CPU cores (default: this machine's)."""
     layout = batch_layout(cfg.train, processes)
     params, image_size = model_facts(cfg.model)
     eval_images = count_eval_images(cfg.data.eval)
@@ -252,6 +257,9 @@ def plan_stage(
         find_throughput(cfg.model.name, cfg.train.precision, kind, bench_dirs),
         [*(warnings or []), *checkpoint_warnings(cfg.model)],
     )  # fmt: skip
+    device_rate = stage.throughput[0] if stage.throughput else None
+    stage.feed, feed_warnings = feed_report(cfg, processes, device_rate, cores or os.cpu_count() or 1, bench_dirs)
+    stage.warnings += feed_warnings
     if stage.total_steps and cfg.train.warmup_steps > WARMUP_WARN_SHARE * stage.total_steps:
         stage.warnings.append(
             f"train.warmup_steps={cfg.train.warmup_steps} is {cfg.train.warmup_steps / stage.total_steps:.0%} "
@@ -265,7 +273,9 @@ def plan_stage(
     return stage
 
 
-def plan_experiment(cfg: ExperimentConfig, gpus: int = 1, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS) -> list[Stage]:
+def plan_experiment(
+    cfg: ExperimentConfig, gpus: int = 1, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS, cores: int | None = None
+) -> list[Stage]:
     """The plan of one run; data that `poison` is still to write is counted from the poison source."""
     pairs, poison = count_pairs(cfg.data.train), cfg.poison
     written_by_poison = poison is not None and Path(getattr(cfg.data.train, "path", "")).parent == Path(poison.output)
@@ -275,12 +285,14 @@ def plan_experiment(cfg: ExperimentConfig, gpus: int = 1, bench_dirs: tuple[Path
     stage = plan_stage(
         f"train {cfg.name}", cfg, gpus, f"{gpus} process(es)", pairs,
         poison_image_size=poison.image_size if poison else None,
-        warnings=missing_paths(cfg, train_data=not written_by_poison), bench_dirs=bench_dirs,
+        warnings=missing_paths(cfg, train_data=not written_by_poison), bench_dirs=bench_dirs, cores=cores,
     )  # fmt: skip
     return [stage]
 
 
-def _pretrain_stage(study: Any, tag: str, seed: int | None, gpus: int | None, bench_dirs: tuple[Path, ...]) -> Stage:
+def _pretrain_stage(
+    study: Any, tag: str, seed: int | None, gpus: int | None, bench_dirs: tuple[Path, ...], cores: int | None
+) -> Stage:
     from clipbackdoor.config import load_config
     from clipbackdoor.study import pretrain_overrides, run_name
 
@@ -293,11 +305,13 @@ def _pretrain_stage(study: Any, tag: str, seed: int | None, gpus: int | None, be
     return plan_stage(
         f"pre-train {run_name(tag, seed)}", cfg, processes, launcher,
         Count(counted.n, f"poison.source: {counted.source}"), poison_image_size=cfg.poison.image_size,
-        warnings=missing_paths(cfg, train_data=False), bench_dirs=bench_dirs,
+        warnings=missing_paths(cfg, train_data=False), bench_dirs=bench_dirs, cores=cores,
     )  # fmt: skip
 
 
-def _clean_stage(study: Any, sweep: Any, name: str, runs: int, at_once: int, bench_dirs: tuple[Path, ...]) -> Stage:
+def _clean_stage(
+    study: Any, sweep: Any, name: str, runs: int, at_once: int, bench_dirs: tuple[Path, ...], cores: int | None
+) -> Stage:
     from clipbackdoor.config import load_config
     from clipbackdoor.defenses.cleaning import with_recipe
     from clipbackdoor.study import pretrain_overrides
@@ -313,10 +327,14 @@ def _clean_stage(study: Any, sweep: Any, name: str, runs: int, at_once: int, ben
     )
     launcher = " ".join(study.clean_launcher) or "python"
     processes = launcher_processes(study.clean_launcher)
-    return plan_stage(name, cfg, processes, launcher, pairs, runs=runs, at_once=at_once, bench_dirs=bench_dirs)
+    return plan_stage(
+        name, cfg, processes, launcher, pairs, runs=runs, at_once=at_once, bench_dirs=bench_dirs, cores=cores
+    )
 
 
-def plan_study(study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS) -> list[Stage]:
+def plan_study(
+    study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS, cores: int | None = None
+) -> list[Stage]:
     """The study's stages in the order it runs them: pre-training per objective, one cleaning stage per
     (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed)."""
     from clipbackdoor.seeds import base_seed, other_seeds
@@ -324,19 +342,21 @@ def plan_study(study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...]
     from clipbackdoor.sweep.devices import resolve_devices
     from clipbackdoor.sweep.runner import budget
 
-    stages = [_pretrain_stage(study, tag, None, gpus, bench_dirs) for tag in study.pretrain]
+    stages = [_pretrain_stage(study, tag, None, gpus, bench_dirs, cores) for tag in study.pretrain]
     slots = (gpus or len(resolve_devices(study.devices))) // study.devices_per_trial
     at_once = min(study.workers, slots) if slots else study.workers
     sweeps = sweep_configs(study)
-    stages += [_clean_stage(study, s, f"clean {s.name}", budget(s), at_once, bench_dirs) for s in sweeps]
+    stages += [_clean_stage(study, s, f"clean {s.name}", budget(s), at_once, bench_dirs, cores) for s in sweeps]
     if study.seeds:
         base = base_seed(study)
         others = other_seeds(study, base)
-        stages += [_pretrain_stage(study, tag, seed, gpus, bench_dirs) for tag in study.pretrain for seed in others]
+        stages += [
+            _pretrain_stage(study, tag, seed, gpus, bench_dirs, cores) for tag in study.pretrain for seed in others
+        ]
         wanted = study.seeds.defenses or list(study.defenses)
         stages += [
             _clean_stage(study, s, f"clean {s.name}, its selected setting at seeds {others}", len(others), 1,
-                         bench_dirs)
+                         bench_dirs, cores)
             for s in sweeps if Path(s.defense).stem in wanted
         ]  # fmt: skip
     return stages
@@ -380,6 +400,7 @@ def format_plan(stages: list[Stage]) -> str:
             + (f"{hours:,.1f} training (from {s.throughput[1]})" if hours is not None and s.throughput else
                "no measurement for this model and precision under benchmarks/results"),
         ]  # fmt: skip
+        lines += [f"  data path      {s.feed}"] if s.feed else []
         lines += [f"  WARNING {w}" for w in s.warnings]
     lines.append(
         f"== total: {total_hours:,.1f} device-hours of training"

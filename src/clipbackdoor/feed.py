@@ -1,0 +1,110 @@
+"""Can the loader feed the devices? The data path's measured rate per CPU core against the training rate.
+
+At the paper's scale the CPUs that decode, resize and augment images limit a run before the GPUs do: RN50
+trains at thousands of samples/s per GPU while one core turns out tens to hundreds. ``plan`` uses the rates
+``benchmarks/bench_data.py`` measured (``benchmarks/results/data.json``: per core, per objective, for raw
+web JPEGs and for img2dataset's 256 px ones) to say how many loader cores each process has, what they can
+deliver, and to warn when that is less than the device consumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from clipbackdoor.config import CsvPairs, ExperimentConfig, FashionMNISTPairs
+
+SMALL_SOURCE_SIDE = 320  # a median shorter side at most this: img2dataset-resized (256 px), not raw downloads
+PEEK_ROWS = 32
+
+
+@dataclass(frozen=True)
+class DataRate:
+    """Samples (MMCL) or pairs (MMCL+SSL) per second per loader core, and where it was measured."""
+
+    per_core: float
+    regime: str
+    source: str
+
+
+def find_data_rate(objective_kind: str, regime: str, decode: str, dirs: tuple[Path, ...]) -> DataRate | None:
+    """The measured per-core rate for this objective and size regime (CSV source) from a ``data.json``."""
+    for path in sorted({f for d in dirs if d.is_dir() for f in d.glob("data*.json")}):
+        try:
+            data = json.loads(path.read_text())
+            entry = data["regimes"][regime][objective_kind]
+            rate = entry["decode_gpu"]["loader_per_core"] if decode == "gpu" else _ours(entry["csv"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+        return DataRate(float(rate), regime, str(path))
+    return None
+
+
+def _ours(entry: dict) -> float:
+    return next(v for k, v in entry["ours"].items() if k.endswith("_per_s_per_core"))
+
+
+def size_regime(cfg: ExperimentConfig) -> tuple[str, str]:
+    """``raw`` or ``256px`` for the training images, and why: read off a few image headers of a CSV source;
+    streamed shards and missing data are taken as raw downloads (the slower case)."""
+    source = cfg.data.train
+    if not isinstance(source, CsvPairs) or not Path(source.path).is_file():
+        return "raw", "assumed: not a CSV of files on disk"
+    root = Path(source.root) if source.root else Path(source.path).parent
+    sides = []
+    with Path(source.path).open(newline="", encoding="utf-8", errors="replace") as f:
+        for i, row in enumerate(csv.DictReader(f, delimiter=source.delimiter)):
+            if i >= PEEK_ROWS:
+                break
+            try:
+                with Image.open(root / row[source.image_column]) as image:
+                    sides.append(min(image.size))
+            except (OSError, KeyError, ValueError):
+                continue
+    if not sides:
+        return "raw", "assumed: no readable image among the first rows"
+    median = statistics.median(sides)
+    regime = "256px" if median <= SMALL_SOURCE_SIDE else "raw"
+    return regime, f"median shorter side {median:.0f} px over {len(sides)} images"
+
+
+def feed_report(
+    cfg: ExperimentConfig, processes: int, device_rate: float | None, cores: int, dirs: tuple[Path, ...]
+) -> tuple[str | None, list[str]]:
+    """A line for the plan and warnings: loader cores per process × rate per core, against ``device_rate``
+    (samples/s per device, measured); nothing for in-memory data (Fashion-MNIST)."""
+    if isinstance(cfg.data.train, FashionMNISTPairs):
+        return None, []
+    kind = "mmcl+ssl" if "ssl" in cfg.objective else "mmcl"
+    regime, why = size_regime(cfg)
+    rate = find_data_rate(kind, regime, cfg.data.decode, dirs)
+    workers = cfg.data.num_workers
+    warnings = []
+    if processes * max(workers, 1) > cores:
+        warnings.append(
+            f"data.num_workers={workers} on each of {processes} processes wants {processes * workers} loader cores; "
+            f"the node has {cores} (plan --cores)"
+        )
+    if rate is None:
+        return f"no data-path measurement for {kind} on {regime} JPEGs (benchmarks/bench_data.py)", warnings
+    usable = min(max(workers, 1), max(cores // processes, 1))
+    feed = usable * rate.per_core
+    line = (
+        f"{usable} loader core(s) per process × {rate.per_core:,.0f}/s per core ({kind}, {regime} JPEGs: {why}; "
+        f"data.decode={cfg.data.decode}) = {feed:,.0f}/s"
+    )
+    if device_rate is not None:
+        line += f" against {device_rate:,.0f}/s the device trains at"
+        if feed < device_rate:
+            needed = -(-device_rate // rate.per_core)
+            warnings.append(
+                f"the loader feeds {feed:,.0f}/s per process but the device trains at {device_rate:,.0f}/s: the GPUs "
+                f"will wait. It needs ~{needed:.0f} cores per process (data.num_workers, a node with more cores), "
+                + ("or data.decode: gpu" if cfg.data.decode == "cpu" else "or faster storage")
+            )
+    return f"{line} (from {rate.source})", warnings
