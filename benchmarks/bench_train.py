@@ -7,12 +7,14 @@
   and EDA in the loader) against MMCL at the same batch; 0.5 is the ideal, target ≥ 0.45.
 - ``matmul_peak_share``: each objective's model FLOP/s as a share of the measured fp32 matmul peak.
 
-- ``--scale``: RN50 at 224 px, MMCL and MMCL+SSL, on synthetic tensors on the device and on decoded JPEG
-  files through the loader; samples/s and the share of the device's matmul peak (bf16 on a GPU).
+- ``--scale``: RN50 at 224 px (or ``--model``), MMCL and MMCL+SSL, on synthetic tensors on the device and on
+  generated web-like JPEG files through the loader (decoded by its workers, and with ``data.decode: gpu``);
+  samples/s, files ÷ synthetic, and the share of the device's matmul peak (bf16 on a GPU).
 
     python benchmarks/bench_train.py            # writes benchmarks/results/train.json
     python benchmarks/bench_train.py --scale --batch 128 --steps 20   # GPU: train_scale.json
-    python benchmarks/bench_train.py --scale --batch 4 --steps 2      # the same at CPU size
+    python benchmarks/bench_train.py --scale --batch 4 --steps 4      # the same at CPU size
+    python benchmarks/bench_train.py --scale --model tiny-rn --batch 64 --steps 8   # train_scale_tiny-rn.json
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from common import machine, matmul_peak_flops, write_result
 from clipbackdoor.config import load_config
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
 from clipbackdoor.models import create_model
+from clipbackdoor.synth import synthesize
 from clipbackdoor.train.loop import fit
 
 OBJECTIVES = {"mmcl": "{mmcl: 1.0}", "mmcl+ssl": "{mmcl: 1.0, ssl: 1.0}"}
@@ -90,31 +93,28 @@ def synthetic(model_name: str, batch: int, steps: int, objective: str, device: t
     return measure(model_name, objective, batch, batch, steps, device)["synthetic_samples_per_s"]
 
 
-def decoded_files(model_name: str, batch: int, steps: int, objective: str, workdir: Path, workers: int) -> float:
-    """Samples/s of the whole loop reading JPEG files (web-sized, 256 px) through the CSV loader."""
-    from PIL import Image
-
-    folder = workdir / "jpegs"
-    folder.mkdir(exist_ok=True)
-    rows = ["image,caption"]
-    for i in range(batch * steps):
-        pixels = torch.randint(0, 256, (256, 320, 3), dtype=torch.uint8).numpy()
-        Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
-        rows.append(f"jpegs/{i}.jpg,a photo of item number {i % 50}")
-    (workdir / "pairs.csv").write_text("\n".join(rows) + "\n")
+def decoded_files(
+    model_name: str, batch: int, steps: int, objective: str, workdir: Path, workers: int, decode: str = "cpu"
+) -> float:
+    """Samples/s of the whole loop on generated web-like JPEGs (sides 400-1600 px, as raw downloads) read
+    through the CSV loader, decoded in its workers or on the device (``decode``)."""
+    data = workdir / "web"
+    if not data.is_dir():
+        synthesize(data, pairs=batch * steps, eval_images=0, corrupt=0, min_side=400, max_side=1600, workers=2)
     cfg = load_config(
         "demo",
         [
             f"objective={OBJECTIVES[objective]}",
-            f"name=files-{objective}",
+            f"name=files-{objective}-{decode}",
             f"output_dir={workdir}",
             f"model.name={model_name}",
             "train.epochs=1",
             f"train.batch_size={batch}",
             f"train.precision={'bf16' if torch.cuda.is_available() else 'fp32'}",
             f"train.channels_last={torch.cuda.is_available()}",
-            f"data.train={{source: csv, path: {workdir / 'pairs.csv'}}}",
+            f"data.train={{source: csv, path: {data / 'train.csv'}}}",
             f"data.num_workers={workers}",
+            f"data.decode={decode}",
             "data.eval.max_samples=100",
             "eval.attack=null",
             "eval.every_epoch=false",
@@ -126,44 +126,51 @@ def decoded_files(model_name: str, batch: int, steps: int, objective: str, workd
 
 
 def scale(args: argparse.Namespace) -> None:
-    """RN50 at 224 px, MMCL and MMCL+SSL: synthetic tensors and decoded files; share of the matmul peak."""
+    """One model at its input size, MMCL and MMCL+SSL: synthetic tensors and web-like JPEG files (decoded by
+    the workers, and on the device); share of the matmul peak. RN50 writes train_scale.json, others
+    train_scale_<model>.json (plan reads the device's rate from them)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak_flops(n=8192 if device.type == "cuda" else 2048, dtype=dtype, device=device.type)
     flops = {k: flops_per_sample(args.model, 2, k) for k in OBJECTIVES}
+    image_size = create_model(load_config("demo", [f"model.name={args.model}"]).model).image_size
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for objective in OBJECTIVES:
+            files = {
+                decode: decoded_files(args.model, args.batch, args.steps, objective, Path(tmp), args.workers, decode)
+                for decode in ("cpu", "gpu")
+            }
             results[objective] = {
                 "synthetic_samples_per_s": synthetic(args.model, args.batch, args.steps, objective, device),
-                "files_samples_per_s": decoded_files(
-                    args.model, args.batch, args.steps, objective, Path(tmp), args.workers
-                ),
+                "files_samples_per_s": files["cpu"],
+                "files_decode_gpu_samples_per_s": files["gpu"],
             }
     payload = {
         "benchmark": "train_scale",
         "machine": machine(),
         "setup": {
             "model": args.model,
-            "image_size": 224,
+            "image_size": image_size,
             "batch": args.batch,
             "steps": args.steps,
             "device": device.type,
             "precision": "bf16 autocast, channels_last" if device.type == "cuda" else "fp32",
-            "data": f"synthetic uint8 tensors on the device; 256x320 JPEG files via the CSV loader, "
-            f"{args.workers} workers",
+            "data": "synthetic uint8 tensors on the device; generated web-like JPEGs (sides 400-1600 px) via the "
+            f"CSV loader, {args.workers} workers, data.decode cpu and gpu",
         },
         "results": {"per_objective": results, "train_flops_per_sample": flops, "matmul_peak_flops": peak},
         "summary": {
             "device": device.type,
             **{f"matmul_peak_share_{k}": results[k]["synthetic_samples_per_s"] * flops[k] / peak for k in OBJECTIVES},
             **{
-                f"files_vs_synthetic_{k}": results[k]["files_samples_per_s"] / results[k]["synthetic_samples_per_s"]
+                f"files_vs_synthetic_{k}{suffix}": results[k][key] / results[k]["synthetic_samples_per_s"]
                 for k in OBJECTIVES
+                for suffix, key in (("", "files_samples_per_s"), ("_decode_gpu", "files_decode_gpu_samples_per_s"))
             },
         },
     }
-    path = write_result("train_scale", payload)
+    path = write_result("train_scale" if args.model == "RN50" else f"train_scale_{args.model}", payload)
     print(f"{path}: {payload['summary']}")
 
 
@@ -173,11 +180,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each loop; medians reported")
-    parser.add_argument("--scale", action="store_true", help="RN50 at 224 px instead (writes train_scale.json)")
+    parser.add_argument(
+        "--scale", action="store_true", help="synthetic tensors vs JPEG files (RN50 unless --model is given)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="--scale: DataLoader workers for the file run")
     args = parser.parse_args()
     if args.scale:
-        if args.model == "tiny-rn":
+        if "--model" not in sys.argv:
             args.model = "RN50"
         scale(args)
         return
