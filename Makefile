@@ -53,8 +53,10 @@ format: $(STAMP)
 
 bench: install
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_eval.py
 	[ -f runs/demo/pretrain/mmcl-ssl/checkpoints/latest.json ] || $(VENV)/bin/clipbackdoor demo
+	$(PY) benchmarks/check_decode_ca.py runs/demo/pretrain/mmcl
 	$(PY) benchmarks/bench_sweep.py
 
 clean:

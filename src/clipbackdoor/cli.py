@@ -7,6 +7,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from clipbackdoor.config import ConfigError, load_config
 
@@ -168,25 +169,49 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from clipbackdoor.data import BadRowLog
-    from clipbackdoor.evaluation import build_evaluator
+def _checkpoint_model(checkpoint: str, config: str | None, overrides: list[str]) -> tuple[Any, ...]:
+    """(config, model bundle on its device, the device, the weights file, their metadata) of a checkpoint or
+    a run directory (its latest checkpoint); the config is the run's own unless one is given."""
     from clipbackdoor.models import create_model
     from clipbackdoor.train import checkpoint as ckpt
     from clipbackdoor.train.distributed import resolve_device
 
-    weights = ckpt.resolve_weights(args.checkpoint)
-    config = args.config
+    weights = ckpt.resolve_weights(checkpoint)
     if config is None:  # the run's own config, when the checkpoint sits in a run directory
         candidate = weights.parent.parent / "config.yaml"
         config = candidate if candidate.is_file() else "demo"
-    cfg = load_config(config, [*args.overrides, f"model.checkpoint={weights}"])
+    cfg = load_config(config, [*overrides, f"model.checkpoint={weights}"])
     meta = ckpt.checkpoint_metadata(weights)
     if "image_size" in meta and cfg.model.image_size is None:
         cfg.model.image_size = int(meta["image_size"])
     bundle = create_model(cfg.model)
     device = resolve_device(cfg.train.device)
     bundle.model.to(device)
+    return cfg, bundle, device, weights, meta
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from clipbackdoor.detect import DetectSpec, detect
+
+    _, bundle, device, weights, _ = _checkpoint_model(args.checkpoint, None, [])
+    spec = DetectSpec(
+        Path(args.data), tuple(args.detectors.split(",")), args.k, args.reference_size, args.text, args.seed,
+        args.batch_size, args.workers, args.chunk_rows, args.ivf_lists, args.nprobe,
+    )  # fmt: skip
+    out = Path(args.out) if args.out else weights.parent.parent / "detect" / Path(args.data).resolve().name
+    record = detect(bundle, spec, out, device)
+    print(f"scores of {record['pairs']:,} pairs -> {out / 'scores.parquet'}")
+    for name, m in record.get("detection", {}).get("detectors", {}).items():
+        print(f"  {name:26s} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}  "
+              f"recall at the poison rate {m['recall_at_poison_rate']:.3f}")  # fmt: skip
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from clipbackdoor.data import BadRowLog
+    from clipbackdoor.evaluation import build_evaluator
+
+    cfg, bundle, device, weights, meta = _checkpoint_model(args.checkpoint, args.config, args.overrides)
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     result = build_evaluator(cfg, bundle.image_size, bad_rows, bundle.tokenizer)(bundle, device)
     record = {
@@ -281,6 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file to write (default: next to the checkpoint)")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("detect", help="score every training pair as a likely poison (kdist, LID, SLOF, DAO, ...)")
+    p.add_argument("checkpoint", help="the model whose embeddings are scored: a run directory or checkpoint")
+    p.add_argument("--data", required=True, help="a CSV of pairs, or a folder written by poison (with its manifest)")
+    p.add_argument("--detectors", default="kdist,lid,slof,dao,isolation_forest,cosine", help="comma-separated")
+    p.add_argument("-k", type=int, default=32, help="neighbours per score (default 32, as Huang et al. 2025)")
+    p.add_argument("--reference-size", type=int, default=10_000, help="pairs drawn as the neighbourhood set")
+    p.add_argument("--text", action="store_true", help="also score the caption embeddings")
+    p.add_argument("--seed", type=int, default=0, help="draws the reference set")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the embedding pass")
+    p.add_argument("--chunk-rows", type=int, default=50_000, help="rows embedded per resumable chunk")
+    p.add_argument("--ivf-lists", type=int, help="search an IVF index with this many cells (default: exact)")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
+    p.add_argument("--out", help="folder for scores.parquet and metrics.json (default: RUN/detect/<data>)")
+    p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("export", help="write a checkpoint in open_clip's format (.pt, or bare .safetensors)")
     p.add_argument("checkpoint", help="a .safetensors file, a checkpoints/ folder or a run directory")

@@ -131,13 +131,16 @@ class CsvRows:
         self.source = str(self.path)
         self.bad: list[BadRow] = []
         self.lines: list[int] = []
+        self.ordinals: list[int] = []  # the row's place among the file's data rows: what a manifest numbers
         self.images: list[str] = []
         self.values: list[str] = []
         boundary = Path(root) if root is not None else self.root
         inside = tuple(os.path.join(r, "") for r in _allowed_roots(self.path, boundary))
         resolve = _Resolver()
         first_seen: dict[tuple[str, str], int] = {}
-        for line, (image, value) in _read_rows(self.path, [image_column, value_column], delimiter):
+        for ordinal, (line, (image, value)) in enumerate(
+            _read_rows(self.path, [image_column, value_column], delimiter)
+        ):
             if max_samples is not None and len(self.lines) >= max_samples:
                 break
             image, value = image.strip(), value.strip()
@@ -155,6 +158,7 @@ class CsvRows:
                 continue
             first_seen[image, value] = line
             self.lines.append(line)
+            self.ordinals.append(ordinal)
             self.images.append(image)
             self.values.append(value)
         if not self.lines:
