@@ -12,11 +12,12 @@ one pair = the original and both views). Every path runs in this process on one 
   torchvision's v1 AutoAugment (ImageNet policy) on the decoded full-size image followed by the same
   transform, and EDA with a WordNet lookup on every call (no cache). Shards: the image bytes from
   ``ShardRows.raw``, then the same.
-- ``today``: our ``PairDataset`` with the resize it had before reduced decoding (:class:`FullDecodeResizeCrop`:
-  full decode and a decoded copy, as the former ``open_image`` made, a bicubic resize of the whole image,
-  then the centre crop).
-- ``ours``: ``build_pair_dataset`` as training builds it (``ResizeCenterCrop``: libjpeg decodes at 1/2, 1/4 or
-  1/8 scale while the result stays twice the target, then one bicubic pass over the crop's box).
+- ``today``: our ``PairDataset`` as it was before this work (rows read as files by PIL, :class:`FilesOnly`;
+  :class:`FullDecodeResizeCrop`: full decode and a decoded copy, as the former ``open_image`` made, a
+  bicubic resize of the whole image, then the centre crop).
+- ``ours``: ``build_pair_dataset`` as training builds it: a whole JPEG decoded by torchvision (libjpeg-turbo)
+  and resized by torch's vectorised uint8 bicubic kernel; other images by PIL (``ResizeCenterCrop``:
+  reduced-scale JPEG decoding, one bicubic pass over the crop's box).
 
 Ours yields uint8 images (scaling and normalisation happen on the device batch); the reference yields
 normalised float tensors, as its loader does. Sources: CleanCLIP's CSV of image files, and img2dataset's
@@ -150,6 +151,22 @@ class FullDecodeResizeCrop(ResizeCenterCrop):
         return image
 
 
+class FilesOnly:
+    """BASELINE rows: the same rows without their ``encoded`` bytes, so our datasets open every image with PIL
+    and resize it with the transform they are given, as they did before torchvision decoded the JPEGs."""
+
+    def __init__(self, rows: Any):
+        self.rows = rows
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "encoded":
+            raise AttributeError(name)
+        return getattr(self.rows, name)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 # ------------------------------------------------------------------------------------------------ data
 def generate(out: Path, pairs: int, min_side: int, max_side: int) -> SynthManifest:
     """Training pairs only, none of them corrupt: JPEGs (quality 90) with sides in [min_side, max_side]."""
@@ -236,7 +253,7 @@ def path_getters(
     """The three paths over fresh datasets (empty caption caches), reading ``epoch``'s views."""
     rows = build_pair_rows(cfg, seed=0)
     reference = ReferencePairs(rows, size, tokenizer, ssl=view_maker is not None)
-    today = PairDataset(rows, FullDecodeResizeCrop(size), tokenizer, view_maker)
+    today = PairDataset(FilesOnly(rows), FullDecodeResizeCrop(size), tokenizer, view_maker)
     ours = build_pair_dataset(cfg, size, 0, tokenizer, view_maker)
     return {
         "reference": reference.__getitem__,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipbackdoor.data.transforms import ResizeCenterCrop
+from clipbackdoor.data.transforms import ResizeCenterCrop, complete_jpeg, decode_jpeg_resized
 from clipbackdoor.synth import synthesize
 
 TOLERANCE = 2.0  # mean |difference| per image, in 8-bit levels
@@ -45,6 +45,17 @@ def test_reduced_decode_and_box_resize_stay_within_tolerance(jpegs: list[bytes],
         assert got.shape == (size, size, 3)
         assert np.abs(got - reference(data, size)).mean() <= TOLERANCE
     assert drafted > (len(jpegs) // 2 if size == 64 else 0)  # the shortcut was taken, not skipped
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_torchvision_decode_and_torch_resize_stay_within_tolerance(jpegs: list[bytes], size: int) -> None:
+    """The loader's path for whole JPEGs: torchvision's libjpeg-turbo decode, torch's uint8 bicubic resize."""
+    for data in jpegs:
+        got = decode_jpeg_resized(data, size)
+        assert got is not None and got.shape == (3, size, size) and got.dtype.is_floating_point is False
+        assert np.abs(got.permute(1, 2, 0).numpy() - reference(data, size)).mean() <= TOLERANCE
+    truncated = jpegs[0][: len(jpegs[0]) // 2]
+    assert not complete_jpeg(truncated) and decode_jpeg_resized(truncated, size) is None  # PIL's to refuse
 
 
 def test_without_the_draft_only_the_box_resize_differs(jpegs: list[bytes]) -> None:

@@ -14,7 +14,8 @@ from PIL import Image
 from clipbackdoor.augment import ViewMaker
 from clipbackdoor.config import CsvPairs, load_config
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
-from clipbackdoor.data.device_decode import DeviceDecode, complete_jpeg
+from clipbackdoor.data.device_decode import DeviceDecode
+from clipbackdoor.data.transforms import complete_jpeg
 from clipbackdoor.synth import SynthManifest, synthesize
 from clipbackdoor.train.loop import fit
 

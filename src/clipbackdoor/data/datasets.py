@@ -6,6 +6,7 @@ decoding errors, tokenisation and skip-and-count are handled here once for all s
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -15,9 +16,8 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from clipbackdoor.data.bad_rows import BadRow, DataError
-from clipbackdoor.data.device_decode import complete_jpeg
 from clipbackdoor.data.sampling import SampleKey
-from clipbackdoor.data.transforms import ResizeCenterCrop
+from clipbackdoor.data.transforms import ResizeCenterCrop, complete_jpeg, decode_jpeg_resized
 
 # Decoding failures that mean "this row is bad"; anything else is a bug and must surface.
 DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
@@ -83,11 +83,11 @@ class PairDataset(Dataset):
         return self._item(epoch, index)
 
     def _item(self, epoch: int, index: int) -> dict[str, Any] | BadRow:
-        encoded = getattr(self.rows, "encoded", None) if self.device_decode else None
         try:
+            data = self.rows.encoded(index) if hasattr(self.rows, "encoded") else None
             item = image_entries(
-                lambda: self.rows.pil(index), self.transform, self.view_maker, epoch, index,
-                self.device_decode, encoded(index) if encoded else None,
+                (lambda: Image.open(io.BytesIO(data))) if data is not None else (lambda: self.rows.pil(index)),
+                self.transform, self.view_maker, epoch, index, self.device_decode, data,
             )  # fmt: skip
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
@@ -113,7 +113,7 @@ class LabelledDataset(Dataset):
     def __init__(
         self,
         rows: Any,
-        transform: Callable[[Image.Image], torch.Tensor],
+        transform: ResizeCenterCrop,
         classnames: Sequence[str],
         templates: Sequence[str],
     ):
@@ -127,8 +127,11 @@ class LabelledDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadRow:
         try:
-            with self.rows.pil(index) as source:
-                image = self.transform(source)
+            data = self.rows.encoded(index) if hasattr(self.rows, "encoded") else None
+            image = decode_jpeg_resized(data, self.transform.size) if data is not None else None
+            if image is None:  # not a whole JPEG: PIL decodes (or refuses) it
+                with Image.open(io.BytesIO(data)) if data is not None else self.rows.pil(index) as source:
+                    image = self.transform(source)
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
         return {"image": image, "label": self.rows.label(index), "index": index}
@@ -145,19 +148,26 @@ def image_entries(
 ) -> dict[str, torch.Tensor]:
     """An item's image entries; raises one of :data:`DECODE_ERRORS` for an unreadable image.
 
-    On the CPU path the image is decoded here: ``image`` is uint8 [3, S, S] and, if the view maker asks for
-    it, ``image_aug`` is its AutoAugment view (on the PIL image: ~25 % cheaper than on a tensor at 32 px).
-    With ``device_decode`` (``data.decode: gpu``) the AutoAugment view is made on the device, from the
-    decoded batch (:mod:`clipbackdoor.data.device_decode`), and if the source's ``encoded`` bytes hold a
-    whole JPEG stream, ``image`` is those bytes (uint8 [n]) for the device to decode. A truncated JPEG, or
-    another format (the poisoned PNGs), is decoded here, where a decoding error is caught and the row replaced.
+    ``image`` is uint8 [3, S, S]: a whole JPEG (``encoded``, the file's bytes) is decoded by torchvision and
+    resized by torch, anything else opened by ``open_image`` and resized by PIL (:class:`ResizeCenterCrop`).
+    If the view maker asks for it, ``image_aug`` is its AutoAugment view, made on the PIL image (~3x cheaper
+    than torchvision's tensor kernels per image on the CPU). With ``device_decode`` (``data.decode: gpu``) the
+    view is left to the device, and a whole JPEG is passed on as its bytes (uint8 [n]) for the device to
+    decode (:mod:`clipbackdoor.data.device_decode`). A truncated JPEG goes to PIL, which refuses it.
     """
-    if device_decode and encoded is not None and complete_jpeg(encoded):
+    whole_jpeg = encoded is not None and complete_jpeg(encoded)
+    if device_decode and whole_jpeg:
         return {"image": torch.frombuffer(bytearray(encoded), dtype=torch.uint8)}
-    with open_image() as image:  # decoded inside the resize; closed on a decoding error too
-        resized = transform.resize(image)
-    entries = {"image": transform.to_tensor(resized)}
+    image = decode_jpeg_resized(encoded, transform.size) if whole_jpeg else None
+    resized = None
+    if image is None:
+        with open_image() as source:  # decoded inside the resize; closed on a decoding error too
+            resized = transform.resize(source)
+        image = transform.to_tensor(resized)
+    entries = {"image": image}
     if not device_decode and view_maker is not None and "image_aug" in view_maker.views:
+        if resized is None:
+            resized = Image.fromarray(image.permute(1, 2, 0).numpy())
         entries["image_aug"] = transform.to_tensor(view_maker.image(resized, epoch, index))
     return entries
 

@@ -20,32 +20,9 @@ from typing import Any
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from clipbackdoor.data.bad_rows import BadRow
-from clipbackdoor.data.transforms import ResizeCenterCrop
-
-JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
-
-
-def complete_jpeg(data: bytes) -> bool:
-    """Whether ``data`` is a JPEG stream that ends (its end marker within the last bytes: some writers pad).
-
-    A truncated download lacks the end marker; it is then decoded on the CPU, where it fails and is replaced."""
-    return data[:2] == JPEG_START and JPEG_END in data[-32:]
-
-
-def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [3, h, w] -> [3, size, size]: shorter side to ``size`` (bicubic, antialiased), the window that
-    :class:`clipbackdoor.data.transforms.ResizeCenterCrop` keeps (the same rounding of sizes and offsets)."""
-    h, w = image.shape[-2:]
-    scale = size / min(w, h)
-    rw, rh = max(size, int(w * scale)), max(size, int(h * scale))
-    if (rw, rh) != (w, h):
-        image = F.resize(image, [rh, rw], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    left, top = (rw - size) // 2, (rh - size) // 2
-    return image[..., top : top + size, left : left + size]
+from clipbackdoor.data.transforms import ResizeCenterCrop, resize_center_crop
 
 
 class DeviceDecode:
