@@ -7,7 +7,6 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 from clipbackdoor.config import ConfigError, load_config
 
@@ -137,13 +136,15 @@ def _study_sweeps(study_dir: Path) -> list[Path]:
 def cmd_report(args: argparse.Namespace) -> int:
     from clipbackdoor.report.build import build_report
 
-    sweep_dirs, default_out, seeds = [], None, None
+    sweep_dirs, default_out, seeds, filtering = [], None, None, None
     for given in map(Path, args.paths):
         if (given / "study.yaml").is_file():
             sweep_dirs += _study_sweeps(given)
             default_out = default_out or given / "report"
             if (given / "seeds" / "seeds.json").is_file():
                 seeds = given / "seeds" / "seeds.json"
+            if (given / "filter" / "filter.json").is_file():
+                filtering = given / "filter" / "filter.json"
         elif (given / "sweep.yaml").is_file():
             sweep_dirs.append(given)
             default_out = default_out or given / "report"
@@ -151,7 +152,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ConfigError(f"{given}: neither a study directory (study.yaml) nor a sweep directory (sweep.yaml)")
     out = Path(args.out) if args.out else default_out
     report = build_report(
-        sweep_dirs, out, args.title, args.asr_threshold, args.format, _command_line(args), seeds=seeds
+        sweep_dirs,
+        out,
+        args.title,
+        args.asr_threshold,
+        args.format,
+        _command_line(args),
+        seeds=seeds,
+        filtering=filtering,
     )
     _print_best_table(report)
     print(f"report: {report} and {report.with_suffix('.html')}")
@@ -169,31 +177,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_model(checkpoint: str, config: str | None, overrides: list[str]) -> tuple[Any, ...]:
-    """(config, model bundle on its device, the device, the weights file, their metadata) of a checkpoint or
-    a run directory (its latest checkpoint); the config is the run's own unless one is given."""
-    from clipbackdoor.models import create_model
-    from clipbackdoor.train import checkpoint as ckpt
-    from clipbackdoor.train.distributed import resolve_device
-
-    weights = ckpt.resolve_weights(checkpoint)
-    if config is None:  # the run's own config, when the checkpoint sits in a run directory
-        candidate = weights.parent.parent / "config.yaml"
-        config = candidate if candidate.is_file() else "demo"
-    cfg = load_config(config, [*overrides, f"model.checkpoint={weights}"])
-    meta = ckpt.checkpoint_metadata(weights)
-    if "image_size" in meta and cfg.model.image_size is None:
-        cfg.model.image_size = int(meta["image_size"])
-    bundle = create_model(cfg.model)
-    device = resolve_device(cfg.train.device)
-    bundle.model.to(device)
-    return cfg, bundle, device, weights, meta
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
     from clipbackdoor.detect import DetectSpec, detect
+    from clipbackdoor.models import load_checkpoint_model
 
-    _, bundle, device, weights, _ = _checkpoint_model(args.checkpoint, None, [])
+    _, bundle, device, weights, _ = load_checkpoint_model(args.checkpoint, None, [])
     spec = DetectSpec(
         Path(args.data), tuple(args.detectors.split(",")), args.k, args.reference_size, args.text, args.seed,
         args.batch_size, args.workers, args.chunk_rows, args.ivf_lists, args.nprobe,
@@ -210,8 +198,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from clipbackdoor.data import BadRowLog
     from clipbackdoor.evaluation import build_evaluator
+    from clipbackdoor.models import load_checkpoint_model
 
-    cfg, bundle, device, weights, meta = _checkpoint_model(args.checkpoint, args.config, args.overrides)
+    cfg, bundle, device, weights, meta = load_checkpoint_model(args.checkpoint, args.config, args.overrides)
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     result = build_evaluator(cfg, bundle.image_size, bad_rows, bundle.tokenizer)(bundle, device)
     record = {

@@ -16,11 +16,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
 
-from clipbackdoor.config import ConfigError, ModelConfig
+from clipbackdoor.config import ConfigError, ModelConfig, load_config
 from clipbackdoor.data.transforms import Normalize
 from clipbackdoor.interop import Checkpoint, read_checkpoint
 
@@ -147,3 +148,25 @@ def create_model(cfg: ModelConfig) -> ClipBundle:
         image_size=int(size),
         normalize=Normalize(tuple(pre["mean"]), tuple(pre["std"])),
     )
+
+
+def load_checkpoint_model(
+    checkpoint: str | Path, config: str | Path | None = None, overrides: list[str] | None = None
+) -> tuple[Any, ...]:
+    """(config, model bundle on its device, the device, the weights file, their metadata) of a checkpoint or
+    a run directory (its latest checkpoint); the config is the run's own unless one is given."""
+    from clipbackdoor.train import checkpoint as ckpt
+    from clipbackdoor.train.distributed import resolve_device
+
+    weights = ckpt.resolve_weights(str(checkpoint))
+    if config is None:  # the run's own config, when the checkpoint sits in a run directory
+        candidate = weights.parent.parent / "config.yaml"
+        config = candidate if candidate.is_file() else "demo"
+    cfg = load_config(config, [*(overrides or []), f"model.checkpoint={weights}"])
+    meta = ckpt.checkpoint_metadata(weights)
+    if "image_size" in meta and cfg.model.image_size is None:
+        cfg.model.image_size = int(meta["image_size"])
+    bundle = create_model(cfg.model)
+    device = resolve_device(cfg.train.device)
+    bundle.model.to(device)
+    return cfg, bundle, device, weights, meta

@@ -291,8 +291,10 @@ def plan_experiment(
 
 
 def _pretrain_stage(
-    study: Any, tag: str, seed: int | None, gpus: int | None, bench_dirs: tuple[Path, ...], cores: int | None
-) -> Stage:
+    study: Any, tag: str, seed: int | None, gpus: int | None, bench_dirs: tuple[Path, ...], cores: int | None,
+    drop_percent: float | None = None,
+) -> Stage:  # fmt: skip
+    """Pre-training ``tag`` (under ``seed``; or again, after the detection stage drops ``drop_percent`` %)."""
     from clipbackdoor.config import load_config
     from clipbackdoor.study import pretrain_overrides, run_name
 
@@ -300,11 +302,16 @@ def _pretrain_stage(
     if cfg.poison is None:
         raise ConfigError(f"study {study.name}: its base config '{study.base}' has no poison section")
     counted = count_pairs(cfg.poison.source)
+    pairs = Count(counted.n, f"poison.source: {counted.source}")
+    name = f"pre-train {run_name(tag, seed)}"
+    if drop_percent is not None:
+        kept = None if counted.n is None else counted.n - round(counted.n * drop_percent / 100)
+        pairs = Count(kept, f"{pairs.source}, less the {drop_percent:g} % the detection stage drops")
+        name = f"detect with {tag}, drop {drop_percent:g} % of the pairs, pre-train {run_name(tag, filtered=True)}"
     processes = gpus or launcher_processes(study.pretrain_launcher)
     launcher = f"--gpus {gpus}" if gpus else " ".join(study.pretrain_launcher) or "python"
     return plan_stage(
-        f"pre-train {run_name(tag, seed)}", cfg, processes, launcher,
-        Count(counted.n, f"poison.source: {counted.source}"), poison_image_size=cfg.poison.image_size,
+        name, cfg, processes, launcher, pairs, poison_image_size=cfg.poison.image_size,
         warnings=missing_paths(cfg, train_data=False), bench_dirs=bench_dirs, cores=cores,
     )  # fmt: skip
 
@@ -336,7 +343,8 @@ def plan_study(
     study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS, cores: int | None = None
 ) -> list[Stage]:
     """The study's stages in the order it runs them: pre-training per objective, one cleaning stage per
-    (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed)."""
+    (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed),
+    then the detection stage (pre-training again on the filtered data)."""
     from clipbackdoor.seeds import base_seed, other_seeds
     from clipbackdoor.study import sweep_configs
     from clipbackdoor.sweep.devices import resolve_devices
@@ -359,6 +367,11 @@ def plan_study(
                          bench_dirs, cores)
             for s in sweeps if Path(s.defense).stem in wanted
         ]  # fmt: skip
+    if study.filter:
+        stages += [
+            _pretrain_stage(study, tag, None, gpus, bench_dirs, cores, drop_percent=study.filter.drop_percent)
+            for tag in study.pretrain
+        ]
     return stages
 
 

@@ -1,4 +1,5 @@
-"""The whole study in one resumable command: poison -> pre-train per objective -> sweep each defense -> report.
+"""The whole study in one resumable command: poison -> pre-train per objective -> sweep each defense ->
+(seeds axis) -> (detect, filter, pre-train again) -> report.
 
 Every stage writes its own files under ``<output_dir>/<name>/`` and picks up where it stopped: poisoning
 reuses an identical poisoned set, pre-training resumes from its last checkpoint (a finished run is only
@@ -27,6 +28,7 @@ from clipbackdoor.config import (
     save_config,
     validate_as,
 )
+from clipbackdoor.filtering import FilterSpec
 from clipbackdoor.sweep.config import SweepConfig, SweepSpec
 from clipbackdoor.sweep.devices import device_slots, parse_devices, resolve_devices, slot_env
 from clipbackdoor.sweep.launch import cli_command, run_teed
@@ -80,6 +82,9 @@ class StudyConfig(BaseModel):
     devices_per_trial: int = Field(1, ge=1, description="devices in each sweep worker's slot")
     asr_threshold: float = 5.0
     seeds: SeedsSpec | None = Field(None, description="re-run pre-training and the selected settings per seed")
+    filter: FilterSpec | None = Field(
+        None, description="score the poisoned data with each pre-trained model, drop the top pairs, pre-train again"
+    )
     figure_format: Literal["png", "svg"] = "png"
 
     @model_validator(mode="before")
@@ -160,23 +165,25 @@ def sweep_configs(cfg: StudyConfig) -> list[SweepConfig]:
     ]
 
 
-def run_name(tag: str, seed: int | None = None) -> str:
-    """``mmcl``, or ``mmcl-seed1`` for pre-training ``mmcl`` re-run under another seed."""
-    return tag if seed is None else f"{tag}-seed{seed}"
+def run_name(tag: str, seed: int | None = None, filtered: bool = False) -> str:
+    """``mmcl``; ``mmcl-seed1`` for pre-training ``mmcl`` re-run under another seed; ``mmcl-filtered`` for
+    it pre-trained again on the data its detection stage filtered."""
+    return tag + ("" if seed is None else f"-seed{seed}") + ("-filtered" if filtered else "")
 
 
-def pretrain_overrides(cfg: StudyConfig, tag: str, seed: int | None = None) -> list[str]:
-    """The overrides of pre-training ``tag`` (under ``seed``, if given): the stages' own, its name and
-    directory, its spec's."""
+def pretrain_overrides(cfg: StudyConfig, tag: str, seed: int | None = None, filtered: Path | None = None) -> list[str]:
+    """The overrides of pre-training ``tag`` (under ``seed``, on the ``filtered`` CSV, if given): the stages'
+    own, its name and directory, its spec's."""
     spec = cfg.pretrain[tag]
     seeded = [] if seed is None else [f"seed={seed}"]
-    return [*stage_overrides(cfg), f"name={run_name(tag, seed)}", f"output_dir={cfg.study_dir / 'pretrain'}",
-            *as_overrides(spec.overrides), *seeded]  # fmt: skip
+    data = [] if filtered is None else as_overrides({"data.train": {"source": "csv", "path": str(filtered)}})
+    return [*stage_overrides(cfg), f"name={run_name(tag, seed, filtered is not None)}",
+            f"output_dir={cfg.study_dir / 'pretrain'}", *as_overrides(spec.overrides), *seeded, *data]  # fmt: skip
 
 
-def pretrain_command(cfg: StudyConfig, tag: str, seed: int | None = None) -> list[str]:
+def pretrain_command(cfg: StudyConfig, tag: str, seed: int | None = None, filtered: Path | None = None) -> list[str]:
     """``clipbackdoor pretrain <base> <overrides>`` under the study's pre-training launcher."""
-    return cli_command(cfg.pretrain_launcher, "pretrain", cfg.base, *pretrain_overrides(cfg, tag, seed))
+    return cli_command(cfg.pretrain_launcher, "pretrain", cfg.base, *pretrain_overrides(cfg, tag, seed, filtered))
 
 
 def pretrain_finished(run: ExperimentConfig) -> bool:
@@ -202,19 +209,22 @@ def last_epoch(run_dir: Path) -> dict[str, Any]:
     return epochs[-1]
 
 
-def run_pretraining(cfg: StudyConfig, tag: str, log: Any = print, seed: int | None = None) -> dict[str, Any]:
-    """Pre-train ``tag`` (under ``seed``) in a subprocess under ``pretrain_launcher`` (resuming it), unless
-    it is finished; returns its last epoch record. Output goes to ``<study>/pretrain/<name>.log`` and ``log``."""
+def run_pretraining(
+    cfg: StudyConfig, tag: str, log: Any = print, seed: int | None = None, filtered: Path | None = None
+) -> dict[str, Any]:
+    """Pre-train ``tag`` (under ``seed``, on the ``filtered`` CSV) in a subprocess under ``pretrain_launcher``
+    (resuming it), unless it is finished; returns its last epoch record. Output goes to
+    ``<study>/pretrain/<name>.log`` and ``log``."""
     from clipbackdoor.train.loop import TrainingError
 
-    run = load_config(cfg.base, pretrain_overrides(cfg, tag, seed))
+    run = load_config(cfg.base, pretrain_overrides(cfg, tag, seed, filtered))
     log(f"== pre-training {run.name} (objective {run.objective}, seed {run.seed}) -> {run.run_dir}")
     if pretrain_finished(run):
         log(f"   finished earlier: read back from {run.run_dir}")
     else:
         log_path = cfg.study_dir / "pretrain" / f"{run.name}.log"
         env = slot_env(os.environ, tuple(cfg.devices or ()))  # the study's devices, all of them
-        code = run_teed(pretrain_command(cfg, tag, seed), log_path, env, echo=log)
+        code = run_teed(pretrain_command(cfg, tag, seed, filtered), log_path, env, echo=log)
         if code != 0:
             raise TrainingError(f"pre-training {run.name} failed with exit code {code}; its output is in {log_path}")
     return last_epoch(run.run_dir)
@@ -223,6 +233,7 @@ def run_pretraining(cfg: StudyConfig, tag: str, log: Any = print, seed: int | No
 def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) -> Path:
     """Run every stage that is not finished yet; returns the report's Markdown file."""
     from clipbackdoor.attacks.poison import write_poisoned_dataset
+    from clipbackdoor.filtering import run_filtering
     from clipbackdoor.plan import format_plan, plan_study
     from clipbackdoor.report.build import build_report
     from clipbackdoor.seeds import run_seeds
@@ -245,6 +256,7 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
         log(f"== sweep {sweep.name}: {sweep.defense}, {sweep.sampler} sampler -> {sweep.sweep_dir}")
     run_sweeps(sweeps, threads=cfg.workers)  # on the study's slots together: none idles at a sweep's end
     seeds = run_seeds(cfg, sweeps, log) if cfg.seeds else None
+    filtering = run_filtering(cfg, log) if cfg.filter else None
     report = build_report(
         [s.sweep_dir for s in sweeps],
         cfg.study_dir / "report",
@@ -253,6 +265,7 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
         fmt=cfg.figure_format,
         command=command,
         seeds=seeds,
+        filtering=filtering,
     )
     log(f"== report -> {report} (and report.html)")
     return report

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
 NEIGHBOUR_SCORES = ("kdist", "lid", "slof", "dao")
 EPS = 1e-12
@@ -117,6 +116,8 @@ def neighbour_scores(query: Neighbours, reference: Neighbours, names: tuple[str,
     if "slof" in names:
         out["slof"] = kdist_q * (1.0 / kdist_ref[query.indices]).mean(axis=1)
     if "dao" in names:
+        from scipy.special import logsumexp
+
         lid_ref = lid_mle(reference.distances)
         exponents = lid_ref[query.indices] * np.log(kdist_q[:, None] / kdist_ref[query.indices])
         k = exponents.shape[1]

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from clipbackdoor.config import ConfigError, read_yaml
+from clipbackdoor.report.filtering import detection_table, filter_table
 from clipbackdoor.report.plots import (
     PlanePanel,
     plot_ca_vs_asr,
@@ -181,10 +182,12 @@ def build_report(
     fmt: str = "png",
     command: str | None = None,
     seeds: Path | None = None,
+    filtering: Path | None = None,
 ) -> Path:
     """Write report.md, report.html (self-contained), figures/ and points.csv; returns report.md.
 
-    ``seeds``: a study's seeds.json, for the table of mean ± spread over training seeds."""
+    ``seeds``: a study's seeds.json, for the table of mean ± spread over training seeds; ``filtering``: its
+    filter.json, for the detection AUROCs and the "detect, filter, pre-train again" results."""
     if not sweep_dirs:
         raise ConfigError("no sweeps to report on")
     results = [load_sweep(Path(d)) for d in sweep_dirs]
@@ -215,6 +218,16 @@ def build_report(
     if seeds is not None:
         heading = "Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)"
         tables = {**dict(list(tables.items())[:2]), heading: seed_table(seeds), **dict(list(tables.items())[2:])}
+    if filtering is not None:
+        tables = {
+            **dict(list(tables.items())[:1]),
+            "Detect, filter, pre-train again: the top pairs by a detector's score dropped before pre-training":
+                filter_table(filtering),
+            "Detection by the poisoned model: AUROC / recall at the poison rate of each score": detection_table(
+                filtering
+            ),
+            **dict(list(tables.items())[1:]),
+        }  # fmt: skip
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     made_by = f"Made by `{command}` on {stamp}." if command else f"Made on {stamp}."
     md = [f"# {title}", "", made_by, ""]
