@@ -21,6 +21,7 @@ TERMS = {
     "mmcl+ssl": {"mmcl": 1.0, "ssl": 1.0},
     "cyclip": {"mmcl": 1.0, "cyclip": 1.0},
     "siglip": {"siglip": 1.0},
+    "roclip": {"roclip": {"weight": 1.0, "period": 1}},  # its pool starts empty: the CLIP loss on the views
 }
 B = 4
 

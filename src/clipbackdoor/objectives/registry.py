@@ -35,6 +35,18 @@ class Objective(torch.nn.Module):
         """Augmented inputs this term reads; the data pipeline makes only the views some term needs."""
         return frozenset()
 
+    @property
+    def reads_originals(self) -> bool:
+        """Whether this term reads ``image``/``text``; when no term does, only the views are encoded."""
+        return True
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch (epochs count from 1), for terms that change over training."""
+
+    def after_step(self, features: Features) -> None:
+        """Called once per optimizer step, after the gradients, with the whole step's (detached) features:
+        where a term updates its own state (a memory bank), so that every micro-batch pass saw the same."""
+
     def forward(self, features: Features) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -78,8 +90,20 @@ class WeightedObjective(torch.nn.Module):
     def views(self) -> frozenset[str]:
         return frozenset().union(*(t.views for t in self.terms.values()))
 
+    @property
+    def reads_originals(self) -> bool:
+        return any(t.reads_originals for t in self.terms.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        for term in self.terms.values():
+            term.set_epoch(epoch)
+
+    def after_step(self, features: Features) -> None:
+        for term in self.terms.values():
+            term.after_step(features)
+
     def forward(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        total = torch.zeros((), device=features["image"].device)
+        total = torch.zeros((), device=features["logit_scale"].device)
         parts: dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
             out = term(features)

@@ -155,6 +155,8 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
         state = ckpt.load_state(latest["state"])
         optimizer.load_state_dict(state["optimizer"])
         extras.load_state_dict(state.get("extras", {}))
+        if "objective" in state:  # checkpoints from before terms kept state have none
+            objective.load_state_dict(state["objective"])
         ckpt.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
     history = metrics.keep_through_epoch(start_epoch if start_epoch else -1) if env.is_main else []
@@ -173,6 +175,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
     bf16 = tcfg.precision == "bf16"
     for epoch in range(start_epoch + 1, tcfg.epochs + 1):
         (sampler or train_set).set_epoch(epoch)
+        objective.set_epoch(epoch)
         hook_logs = {k: v for hook in hooks for k, v in hook.on_epoch_start(epoch, ctx).items()}
         model.train()
         sums: dict[str, torch.Tensor] = {}
@@ -249,6 +252,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
                 "rng": ckpt.rng_state(),
                 "step": step,
                 "extras": extras.state_dict(),
+                "objective": objective.state_dict(),  # a term's own state (RoCLIP's caption pool)
             }
             ckpt.save_checkpoint(ckpt_dir, epoch, model, state, meta, tcfg.keep_last)
             history.append(record)

@@ -34,13 +34,22 @@ def encode(
     device: torch.device,
     views: frozenset[str],
     memory_format: torch.memory_format = torch.contiguous_format,
+    originals: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Features of a batch and of its augmented views, in one forward pass of ``net``.
 
     Originals and views are concatenated along the batch, as CleanCLIP does (batch-norm statistics then
     cover both), and split afterwards. Returns L2-normalised ``image``/``text`` (+ ``image_aug``/``text_aug``),
-    the temperature ``logit_scale`` = exp(learned value) and, if the model has one, ``logit_bias``.
+    the temperature ``logit_scale`` = exp(learned value) and, if the model has one, ``logit_bias``. Without
+    ``originals`` (no loss term reads them: RoCLIP) only the two views are encoded.
     """
+    if not originals:
+        out = net(normalize(batch["image_aug"].to(device, non_blocking=True)).contiguous(memory_format=memory_format),
+                  batch["text_aug"].to(device, non_blocking=True))  # fmt: skip
+        features = {"image_aug": out[0], "text_aug": out[1], "logit_scale": out[2]}
+        if len(out) > 3:
+            features["logit_bias"] = out[3]
+        return features
     n = len(batch["image"])
     images = torch.cat([batch["image"], batch["image_aug"]]) if "image_aug" in views else batch["image"]
     texts = torch.cat([batch["text"], batch["text_aug"]]) if "text_aug" in views else batch["text"]
@@ -98,18 +107,19 @@ def forward_backward(
     ``ddp`` is the DistributedDataParallel wrapper (or the model): its gradients are all-reduced only in the
     last backward pass. Returns the step's loss and its logged parts (detached).
     """
-    k, views = len(micro_batches), objective.views
+    k, views, originals = len(micro_batches), objective.views, objective.reads_originals
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     cached: list[dict[str, torch.Tensor]] = []
     if k > 1:
         with torch.no_grad(), autocast, buffers_kept(net):
-            cached = [encode(net, normalize, mb, device, views, memory_format) for mb in micro_batches]
+            cached = [encode(net, normalize, mb, device, views, memory_format, originals) for mb in micro_batches]
     hook_parts: dict[str, torch.Tensor] = {}
     for j, batch in enumerate(micro_batches):
         sync = ddp.no_sync() if j < k - 1 and hasattr(ddp, "no_sync") else nullcontext()
         with sync, autocast:
-            live = encode(net, normalize, batch, device, views, memory_format)
-            loss, parts = objective(with_replaced(cached, j, live) if k > 1 else live)
+            live = encode(net, normalize, batch, device, views, memory_format, originals)
+            whole = with_replaced(cached, j, live) if k > 1 else live
+            loss, parts = objective(whole)
             whole_batch_loss = loss.detach()  # the same in every pass
             for hook in hooks:
                 extra = hook.loss(live, batch)
@@ -119,4 +129,5 @@ def forward_backward(
                         key = f"defense/{name}"
                         hook_parts[key] = hook_parts.get(key, 0) + value.detach().float() / k
             loss.backward()
+    objective.after_step({key: value.detach() for key, value in whole.items()})
     return whole_batch_loss + hook_parts.get("defense/loss", 0), {**parts, **hook_parts}
