@@ -50,6 +50,10 @@ class ImageNetRows:
     def pil(self, index: int) -> Image.Image:
         return open_image(str(self.folder / self.images[index]))
 
+    def encoded(self, index: int) -> bytes:
+        """The image file's bytes (a whole JPEG is decoded by torchvision, see ``decode_jpeg_resized``)."""
+        return (self.folder / self.images[index]).read_bytes()
+
     def label(self, index: int) -> int:
         return self.labels[index]
 
@@ -83,6 +87,9 @@ class ClassSubset:
 
     def pil(self, index: int) -> Image.Image:
         return self.rows.pil(self.index[index])
+
+    def encoded(self, index: int) -> bytes:
+        return self.rows.encoded(self.index[index])
 
     def label(self, index: int) -> int:
         return self.labels[index]
