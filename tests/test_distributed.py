@@ -22,6 +22,7 @@ TERMS = {
     "cyclip": {"mmcl": 1.0, "cyclip": 1.0},
     "siglip": {"siglip": 1.0},
     "roclip": {"roclip": {"weight": 1.0, "period": 1}},  # its pool starts empty: the CLIP loss on the views
+    "safeclip": {"safeclip": 1.0},  # epoch 1 is in-modal warm-up: the masked in-modal loss on every pair
 }
 B = 4
 

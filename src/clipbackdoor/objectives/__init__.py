@@ -1,6 +1,6 @@
 """Training objectives. Importing this package registers every built-in loss."""
 
-from clipbackdoor.objectives import cyclip, mmcl, roclip, siglip, ssl  # noqa: F401  (register the losses)
+from clipbackdoor.objectives import cyclip, mmcl, roclip, safeclip, siglip, ssl  # noqa: F401  (register the losses)
 from clipbackdoor.objectives.registry import (
     OBJECTIVES,
     Features,

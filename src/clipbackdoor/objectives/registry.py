@@ -47,6 +47,11 @@ class Objective(torch.nn.Module):
         """Called once per optimizer step, after the gradients, with the whole step's (detached) features:
         where a term updates its own state (a memory bank), so that every micro-batch pass saw the same."""
 
+    def hooks(self) -> list[Any]:
+        """Loop hooks the term needs (``train/hooks.py``): work at an epoch's start that needs the model and
+        the data, such as SafeCLIP's split of safe from risky pairs."""
+        return []
+
     def forward(self, features: Features) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -101,6 +106,9 @@ class WeightedObjective(torch.nn.Module):
     def after_step(self, features: Features) -> None:
         for term in self.terms.values():
             term.after_step(features)
+
+    def hooks(self) -> list[Any]:
+        return [hook for term in self.terms.values() for hook in term.hooks()]
 
     def forward(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = torch.zeros((), device=features["logit_scale"].device)

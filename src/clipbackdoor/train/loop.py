@@ -92,7 +92,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
     normalize = bundle.normalize.to(env.device)
     objective = WeightedObjective(cfg.objective, env.rank, env.world_size).to(env.device)
     views = objective.views
-    hooks = build_defense(cfg.defense).hooks(bundle) if cfg.defense else []
+    hooks = [*(build_defense(cfg.defense).hooks(bundle) if cfg.defense else []), *objective.hooks()]
     memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     if tcfg.grad_checkpointing:

@@ -24,7 +24,7 @@ from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.train.hooks import Hook
 
 # Feature entries that are per pair (concatenated over micro-batches); the rest (temperature, bias) are scalars.
-PAIR_FEATURES = ("image", "text", "image_aug", "text_aug")
+PAIR_FEATURES = ("image", "text", "image_aug", "text_aug", "index")
 
 
 def encode(
@@ -43,25 +43,25 @@ def encode(
     the temperature ``logit_scale`` = exp(learned value) and, if the model has one, ``logit_bias``. Without
     ``originals`` (no loss term reads them: RoCLIP) only the two views are encoded.
     """
-    if not originals:
-        out = net(normalize(batch["image_aug"].to(device, non_blocking=True)).contiguous(memory_format=memory_format),
-                  batch["text_aug"].to(device, non_blocking=True))  # fmt: skip
-        features = {"image_aug": out[0], "text_aug": out[1], "logit_scale": out[2]}
-        if len(out) > 3:
-            features["logit_bias"] = out[3]
-        return features
-    n = len(batch["image"])
-    images = torch.cat([batch["image"], batch["image_aug"]]) if "image_aug" in views else batch["image"]
-    texts = torch.cat([batch["text"], batch["text_aug"]]) if "text_aug" in views else batch["text"]
+    if originals:
+        n = len(batch["image"])
+        images = torch.cat([batch["image"], batch["image_aug"]]) if "image_aug" in views else batch["image"]
+        texts = torch.cat([batch["text"], batch["text_aug"]]) if "text_aug" in views else batch["text"]
+    else:
+        n, images, texts = 0, batch["image_aug"], batch["text_aug"]
     pixels = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
     out = net(pixels, texts.to(device, non_blocking=True))
-    features = {"image": out[0][:n], "text": out[1][:n], "logit_scale": out[2]}
-    if "image_aug" in views:
+    features = {"logit_scale": out[2]}
+    if originals:
+        features.update(image=out[0][:n], text=out[1][:n])
+    if "image_aug" in views or not originals:
         features["image_aug"] = out[0][n:]
-    if "text_aug" in views:
+    if "text_aug" in views or not originals:
         features["text_aug"] = out[1][n:]
     if len(out) > 3:
         features["logit_bias"] = out[3]
+    if "index" in batch:  # which pairs these are (SafeCLIP's safe set is kept by dataset index)
+        features["index"] = batch["index"].to(device, non_blocking=True)
     return features
 
 
