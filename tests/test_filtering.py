@@ -30,11 +30,14 @@ def test_the_filter_drops_the_top_scores_and_keeps_every_other_row_as_written(tm
         assert list(csv.reader(f)) == [["image", "caption"], *(rows[i] for i in (0, 5, 6, 8, 9))]
 
 
-def test_filter_by_must_name_a_scored_column(tmp_path: Path) -> None:
+def test_filter_by_must_name_a_scored_column_and_a_study_model(tmp_path: Path) -> None:
     for by, message in (("image_knn", "name a scored column"), ("text_dao", "needs filter.text")):
         config = write_study(tmp_path / "study.yaml", tmp_path, filter={"by": by, "drop_percent": 5, "text": False})
         with pytest.raises(ConfigError, match=message):
             load_study_config(config)
+    config = write_study(tmp_path / "study.yaml", tmp_path, filter={"drop_percent": 5, "pretrain": ["roclip"]})
+    with pytest.raises(ConfigError, match=r"filter\.pretrain: \['roclip'\] are not among"):
+        load_study_config(config)
 
 
 def test_a_study_detects_filters_and_pretrains_again(fmnist_root: Path, tmp_path: Path, capsys) -> None:

@@ -29,6 +29,7 @@ class FilterSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    pretrain: list[str] | None = Field(None, description="the pre-trained models (study tags) scored; null: all")
     detectors: list[str] = Field(default_factory=lambda: list(DETECTORS), description="scored, for the AUROC table")
     by: str = Field("image_dao", description="the score column whose top pairs are dropped (image_dao, text_slof...)")
     drop_percent: float = Field(gt=0, lt=100, description="share of the pairs dropped, highest scores first")
@@ -92,7 +93,7 @@ def run_filtering(cfg: Any, log: Any = print) -> Path:
     manifest, _ = load_manifest(data)
     poisons = set(manifest.poison_rows)
     entries = []
-    for tag in cfg.pretrain:
+    for tag in spec.pretrain or list(cfg.pretrain):
         run_dir = cfg.study_dir / "pretrain" / tag
         out = cfg.study_dir / "filter" / tag
         if (out / "metrics.json").is_file():

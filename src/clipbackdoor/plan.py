@@ -370,7 +370,7 @@ def plan_study(
     if study.filter:
         stages += [
             _pretrain_stage(study, tag, None, gpus, bench_dirs, cores, drop_percent=study.filter.drop_percent)
-            for tag in study.pretrain
+            for tag in study.filter.pretrain or study.pretrain
         ]
     return stages
 

@@ -115,6 +115,13 @@ class StudyConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _known_filter_models(self) -> StudyConfig:
+        unknown = sorted(set(self.filter.pretrain or []) - set(self.pretrain)) if self.filter else []
+        if unknown:
+            raise ValueError(f"filter.pretrain: {unknown} are not among the pre-trainings {list(self.pretrain)}")
+        return self
+
+    @model_validator(mode="after")
     def _known_seed_defenses(self) -> StudyConfig:
         unknown = sorted(set(self.seeds.defenses or []) - set(self.defenses)) if self.seeds else []
         if unknown:
