@@ -58,6 +58,8 @@ def test_a_study_detects_filters_and_pretrains_again(fmnist_root: Path, tmp_path
     assert entry["filtered"]["run_dir"] == str(root / "pretrain" / "mmcl-filtered")
     report = (root / "report" / "report.md").read_text()
     assert "## Detect, filter, pre-train again" in report and "## Detection by the poisoned model" in report
+    pretrained = report[report.index("## Pre-trained on the poisoned data") :].split("\n## ")[0]
+    assert "| MMCL | mmcl | 1 |" in pretrained
     assert "| MMCL |" in report[report.index("## Detection by") :]
     capsys.readouterr()
     assert main(["study", str(config)]) == 0  # resumed: detection and the second pre-training are read back

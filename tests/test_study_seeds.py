@@ -65,3 +65,21 @@ def test_plan_lists_the_seed_stages_in_the_order_the_study_runs_them(fmnist_root
         "clean mmcl--mmcl-only, its selected setting at seeds [1, 2]",
     ]  # fmt: skip
     assert plan_study(load_study_config(config))[-1].runs == 2
+
+
+def test_robust_pretrainings_are_not_cleaned_and_seeds_take_a_subset(fmnist_root: Path, tmp_path: Path) -> None:
+    from clipbackdoor.plan import plan_study
+
+    robust = {"mmcl": {"overrides": {"objective": {"mmcl": 1.0}}},
+              "roclip": {"overrides": {"objective": {"roclip": 1.0}}, "clean": False}}  # fmt: skip
+    config = write_study(tmp_path / "study.yaml", fmnist_root, pretrain=robust,
+                         seeds={"values": [0, 1], "pretrain": ["mmcl"]})  # fmt: skip
+    names = [stage.name for stage in plan_study(load_study_config(config))]
+    assert names == [
+        "pre-train mmcl", "pre-train roclip", "clean mmcl--mmcl-only", "pre-train mmcl-seed1",
+        "clean mmcl--mmcl-only, its selected setting at seeds [1]",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"seeds\.pretrain: \['safeclip'\] are not among"):
+        load_study_config(
+            write_study(tmp_path / "bad.yaml", fmnist_root, seeds={"values": [0, 1], "pretrain": ["safeclip"]})
+        )

@@ -133,13 +133,22 @@ def _study_sweeps(study_dir: Path) -> list[Path]:
     return [d for d in planned if d in found] + [d for d in found if d not in planned]
 
 
+def _study_pretrainings(study_dir: Path) -> list[Path]:
+    """A study's pre-training runs that finished at least one evaluation, in its config's order."""
+    from clipbackdoor.study import load_study_config
+
+    tags = load_study_config(study_dir / "study.yaml").pretrain
+    return [study_dir / "pretrain" / tag for tag in tags if (study_dir / "pretrain" / tag / "metrics.jsonl").is_file()]
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from clipbackdoor.report.build import build_report
 
-    sweep_dirs, default_out, seeds, filtering = [], None, None, None
+    sweep_dirs, default_out, seeds, filtering, pretrained = [], None, None, None, []
     for given in map(Path, args.paths):
         if (given / "study.yaml").is_file():
             sweep_dirs += _study_sweeps(given)
+            pretrained += _study_pretrainings(given)
             default_out = default_out or given / "report"
             if (given / "seeds" / "seeds.json").is_file():
                 seeds = given / "seeds" / "seeds.json"

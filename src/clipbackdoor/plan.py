@@ -359,13 +359,15 @@ def plan_study(
         base = base_seed(study)
         others = other_seeds(study, base)
         stages += [
-            _pretrain_stage(study, tag, seed, gpus, bench_dirs, cores) for tag in study.pretrain for seed in others
+            _pretrain_stage(study, tag, seed, gpus, bench_dirs, cores)
+            for tag in study.seeded_pretrain
+            for seed in others
         ]
         wanted = study.seeds.defenses or list(study.defenses)
         stages += [
             _clean_stage(study, s, f"clean {s.name}, its selected setting at seeds {others}", len(others), 1,
                          bench_dirs, cores)
-            for s in sweeps if Path(s.defense).stem in wanted
+            for s in sweeps if Path(s.defense).stem in wanted and Path(s.run).name in study.seeded_pretrain
         ]  # fmt: skip
     if study.filter:
         stages += [

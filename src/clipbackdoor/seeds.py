@@ -61,7 +61,7 @@ def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> 
     base = base_seed(cfg)
     others = other_seeds(cfg, base)
     runs: list[SeedRun] = []
-    for tag in cfg.pretrain:
+    for tag in cfg.seeded_pretrain:
         objective = objective_label(load_config(cfg.base, pretrain_overrides(cfg, tag)).objective)
         runs.append(SeedRun(tag, objective, POISONED, "", base, str(cfg.study_dir / "pretrain" / tag), None))
         for seed in others:
@@ -72,7 +72,7 @@ def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> 
     reruns: list[tuple[SeedRun, SweepConfig]] = []  # the base seed's run, and a one-point sweep per other seed
     for sweep in sweeps:
         defense, tag = Path(sweep.defense).stem, Path(sweep.run).name
-        if defense not in wanted:
+        if defense not in wanted or tag not in cfg.seeded_pretrain:
             continue
         result = load_sweep(sweep.sweep_dir)
         best = best_under(result.points, cfg.asr_threshold)

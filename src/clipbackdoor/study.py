@@ -40,6 +40,9 @@ class PretrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys, e.g. objective: {mmcl: 1}")
+    clean: bool = Field(
+        True, description="clean this model with the study's defenses (false: a robust pre-training, reported as is)"
+    )
 
 
 class SeedsSpec(BaseModel):
@@ -55,6 +58,7 @@ class SeedsSpec(BaseModel):
 
     values: list[int] = Field(min_length=2, description="training seeds, e.g. [0, 1, 2]")
     defenses: list[str] | None = Field(None, description="defenses whose selected setting is re-run; null: all")
+    pretrain: list[str] | None = Field(None, description="pre-trainings (study tags) re-run per seed; null: all")
 
 
 class StudyConfig(BaseModel):
@@ -126,7 +130,15 @@ class StudyConfig(BaseModel):
         unknown = sorted(set(self.seeds.defenses or []) - set(self.defenses)) if self.seeds else []
         if unknown:
             raise ValueError(f"seeds.defenses: {unknown} are not among the study's defenses {list(self.defenses)}")
+        unknown = sorted(set(self.seeds.pretrain or []) - set(self.pretrain)) if self.seeds else []
+        if unknown:
+            raise ValueError(f"seeds.pretrain: {unknown} are not among the pre-trainings {list(self.pretrain)}")
         return self
+
+    @property
+    def seeded_pretrain(self) -> list[str]:
+        """The pre-trainings the seeds axis re-runs."""
+        return (self.seeds.pretrain or list(self.pretrain)) if self.seeds else []
 
     @property
     def study_dir(self) -> Path:
@@ -167,7 +179,8 @@ def sweep_configs(cfg: StudyConfig) -> list[SweepConfig]:
             devices_per_trial=cfg.devices_per_trial,
             asr_threshold=cfg.asr_threshold,
         )
-        for tag in cfg.pretrain
+        for tag, pretrain in cfg.pretrain.items()
+        if pretrain.clean
         for defense, spec in cfg.defenses.items()
     ]
 
@@ -273,6 +286,7 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) ->
         command=command,
         seeds=seeds,
         filtering=filtering,
+        pretrained=[cfg.study_dir / "pretrain" / tag for tag in cfg.pretrain],
     )
     log(f"== report -> {report} (and report.html)")
     return report

@@ -27,6 +27,7 @@ from clipbackdoor.report.plots import (
     plot_pareto_fronts,
     plot_trajectories,
 )
+from clipbackdoor.report.pretraining import pretraining_table
 from clipbackdoor.report.seeds import seed_table
 from clipbackdoor.report.tables import Table, format_value
 from clipbackdoor.sweep.config import load_sweep_config
@@ -183,11 +184,13 @@ def build_report(
     command: str | None = None,
     seeds: Path | None = None,
     filtering: Path | None = None,
+    pretrained: list[Path] | None = None,
 ) -> Path:
     """Write report.md, report.html (self-contained), figures/ and points.csv; returns report.md.
 
     ``seeds``: a study's seeds.json, for the table of mean ± spread over training seeds; ``filtering``: its
-    filter.json, for the detection AUROCs and the "detect, filter, pre-train again" results."""
+    filter.json, for the detection AUROCs and the "detect, filter, pre-train again" results; ``pretrained``: its
+    pre-training runs, for their CA / ASR / RA before any cleaning (robust pre-trainings are not cleaned)."""
     if not sweep_dirs:
         raise ConfigError("no sweeps to report on")
     results = [load_sweep(Path(d)) for d in sweep_dirs]
@@ -218,6 +221,10 @@ def build_report(
     if seeds is not None:
         heading = "Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)"
         tables = {**dict(list(tables.items())[:2]), heading: seed_table(seeds), **dict(list(tables.items())[2:])}
+    if pretrained:
+        heading = "Pre-trained on the poisoned data: CA / ASR / RA % after the last epoch, before any cleaning"
+        tables = {**dict(list(tables.items())[:1]), heading: pretraining_table(pretrained, objective_label),
+                  **dict(list(tables.items())[1:])}  # fmt: skip
     if filtering is not None:
         tables = {
             **dict(list(tables.items())[:1]),
