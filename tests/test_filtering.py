@@ -40,6 +40,7 @@ def test_filter_by_must_name_a_scored_column_and_a_study_model(tmp_path: Path) -
         load_study_config(config)
 
 
+@pytest.mark.slow  # ~25 s: keeps `make test` near 8 minutes; the stage's parts are tested above and in test_detect
 def test_a_study_detects_filters_and_pretrains_again(fmnist_root: Path, tmp_path: Path, capsys) -> None:
     spec = {"by": "image_slof", "drop_percent": 25, "k": 4, "reference_size": 32,
             "detectors": ["kdist", "slof", "dao", "cosine"]}  # fmt: skip

@@ -42,6 +42,8 @@ def test_other_seeds_rerun_pretraining_and_the_selected_setting(fmnist_root: Pat
     assert trial.seed == 1 and trial.train.lr == 1e-3
     assert str(root / "pretrain" / "mmcl-seed1") in trial.model.checkpoint
     report = (root / "report" / "report.md").read_text()
+    pretrained = report[report.index("## Pre-trained on the poisoned data") :].split("\n## ")[0]
+    assert "| MMCL | mmcl | 1 |" in pretrained  # every pre-trained model before cleaning
     section = report[report.index("## Spread over training seeds") :].split("\n## ")[0]
     assert "| MMCL | poisoned model | - | 2 |" in section and "| MMCL | mmcl-only | train.lr=0.001" in section
     rows = [line for line in section.splitlines() if line.startswith("| MMCL |")]
