@@ -195,7 +195,8 @@ def _model_facts(model_json: str) -> tuple[int, int]:
 def find_throughput(
     model: str, precision: str, objective_kind: str, dirs: tuple[Path, ...]
 ) -> tuple[float, str] | None:
-    """Samples/s per device for (model, precision, objective) from a benchmark JSON, preferring GPU files."""
+    """Samples/s per device for (model, precision, objective) from a benchmark JSON, preferring GPU files: the
+    model's rate on tensors already on the device (the loader's rate is the data-path line's)."""
     files = sorted(
         {f for d in dirs if d.is_dir() for f in d.glob("*.json")}, key=lambda f: not f.name.startswith("gpu")
     )
@@ -210,7 +211,8 @@ def find_throughput(
         if setup.get("model") != model or setup.get("precision") != precision or objective_kind not in per_objective:
             continue
         rates = per_objective[objective_kind]
-        rate = rates.get("files_samples_per_s") or rates.get("synthetic_samples_per_s")
+        # the device's own rate: whether the loader keeps up is the data-path line's question (feed.py)
+        rate = rates.get("synthetic_samples_per_s") or rates.get("files_samples_per_s")
         if rate:
             return float(rate), f"{path} ({setup.get('device', '?')})"
     return None
