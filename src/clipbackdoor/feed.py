@@ -34,7 +34,7 @@ class DataRate:
 
 def find_data_rate(objective_kind: str, regime: str, decode: str, dirs: tuple[Path, ...]) -> DataRate | None:
     """The measured per-core rate for this objective and size regime (CSV source) from a ``data.json``."""
-    for path in sorted({f for d in dirs if d.is_dir() for f in d.glob("data*.json")}):
+    for path in (f for d in dirs if d.is_dir() for f in sorted(d.glob("data*.json"))):  # the first dir first
         try:
             data = json.loads(path.read_text())
             entry = data["regimes"][regime][objective_kind]
