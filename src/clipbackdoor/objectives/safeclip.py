@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from clipbackdoor.config import ConfigError
 from clipbackdoor.data.datasets import collate_skipping_bad
 from clipbackdoor.objectives.distributed import gather_with_grad, local_targets
 from clipbackdoor.objectives.registry import Features, Objective, register
@@ -67,10 +68,11 @@ def masked_ce(
     global batch size (× world size, which DDP's averaging undoes): every pair weighs the same, whichever
     loss it gets, and the sum is exact under DDP and accumulation."""
     all_keep = gather_detached(keep, world_size)
+    gathered = gather_with_grad(columns, world_size)  # on every rank, kept rows or not: a collective
     if not keep.any():
-        return rows.sum() * 0.0  # no kept row here: a zero that keeps the graph (DDP wants every gradient)
+        return (rows.sum() + gathered.sum()) * 0.0  # nothing kept here: a zero that keeps the graph for DDP
     blocked = torch.where(all_keep, 0.0, float("-inf")).to(rows.dtype)
-    logits = scale * rows @ gather_with_grad(columns, world_size).T + blocked
+    logits = scale * rows @ gathered.T + blocked
     local = keep.nonzero().squeeze(1)
     targets = local_targets(len(rows), rank, rows.device)[local]
     return F.cross_entropy(logits[local], targets, reduction="sum") * world_size / len(all_keep)
@@ -148,6 +150,13 @@ class SafeSplitHook(Hook):
 
     def __init__(self, term: SafeCLIP):
         self.term = term
+
+    def setup(self, ctx: LoopContext) -> None:
+        if not hasattr(ctx.train_set, "without_views"):
+            raise ConfigError(
+                "objective.safeclip scores every training pair by its dataset index: it needs indexed data "
+                "(a CSV, or shards with data.train.access: index), not a stream"
+            )
 
     def on_epoch_start(self, epoch: int, ctx: LoopContext) -> dict[str, float]:
         self.term.set_epoch(epoch)
