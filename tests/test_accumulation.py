@@ -13,11 +13,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipbackdoor.config import ModelConfig
 from clipbackdoor.models import create_model
-from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.train.distributed import setup_distributed
 from clipbackdoor.train.step import forward_backward
 
-from .test_distributed import TERMS, _batch, _free_port
+from .test_distributed import TERMS, _batch, _free_port, objective_for
 
 B = 8  # the global batch
 MODELS = ("tiny-rn", "tiny-vit")
@@ -34,7 +33,7 @@ def _split(batch: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tenso
 
 def _step(net, ddp, bundle, terms, micro_batches, rank=0, world=1) -> tuple[float, dict[str, torch.Tensor]]:
     bundle.model.zero_grad(set_to_none=True)
-    objective = WeightedObjective(terms, rank, world)
+    objective = objective_for(terms, rank, world)
     loss, _ = forward_backward(
         net, ddp, bundle.normalize, micro_batches, torch.device("cpu"), objective, [], torch.contiguous_format, False
     )

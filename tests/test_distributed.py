@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from clipbackdoor.config import ModelConfig
 from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
+from clipbackdoor.objectives.safeclip import SafeCLIP
 from clipbackdoor.train.distributed import setup_distributed
 from clipbackdoor.train.step import encode
 
@@ -23,7 +24,21 @@ TERMS = {
     "siglip": {"siglip": 1.0},
     "roclip": {"roclip": {"weight": 1.0, "period": 1}},  # its pool starts empty: the CLIP loss on the views
     "safeclip": {"safeclip": 1.0},  # epoch 1 is in-modal warm-up: the masked in-modal loss on every pair
+    # the split phase with pairs 0-3 safe: one rank (or micro-batch) all safe, the other all risky
+    "safeclip-split": {"safeclip": {"weight": 1.0, "inmodal_warmup": 0, "multimodal_warmup": 0}},
 }
+SAFE = torch.arange(1024) < 4
+
+
+def objective_for(terms: dict, rank: int, world: int) -> WeightedObjective:
+    """The objective of ``terms``, a SafeCLIP term in its split phase given the safe set ``SAFE``."""
+    objective = WeightedObjective(terms, rank, world)
+    for term in objective.terms.values():
+        if isinstance(term, SafeCLIP) and term.phase == "split":
+            term.safe = SAFE
+    return objective
+
+
 B = 4
 
 
@@ -35,12 +50,13 @@ def _batch(n: int) -> dict[str, torch.Tensor]:
         "image_aug": torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
         "text": tokens(),
         "text_aug": tokens(),
+        "index": torch.arange(n),
     }
 
 
 def _loss_and_grads(net, bundle, terms, batch, rank, world) -> tuple[float, dict[str, torch.Tensor]]:
     bundle.model.zero_grad(set_to_none=True)
-    objective = WeightedObjective(terms, rank, world)
+    objective = objective_for(terms, rank, world)
     loss, _ = objective(encode(net, bundle.normalize, batch, torch.device("cpu"), objective.views))
     loss.backward()
     return float(loss.detach()), {n: p.grad.clone() for n, p in bundle.model.named_parameters() if p.grad is not None}
