@@ -320,6 +320,12 @@ class PoisonConfig(_Strict):
         return build_trigger(v, where="trigger").model_dump(mode="json")
 
 
+class LogConfig(_Strict):
+    """External loggers; each sees the records of metrics.jsonl (optional extras: ``pip install .[tensorboard]``)."""
+
+    tensorboard: bool = Field(False, description="write every record to <run>/tensorboard as scalars")
+
+
 class ExperimentConfig(_Strict):
     name: str = "run"
     seed: int = 0
@@ -333,6 +339,7 @@ class ExperimentConfig(_Strict):
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
     poison: PoisonConfig | None = Field(None, description="read by `clipbackdoor poison`")
     defense: dict[str, Any] | None = Field(
         None, description="cleaning defense and its parameters, e.g. {name: cleanclip, ssl: 1.0}; sets the objective"

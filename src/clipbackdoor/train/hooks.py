@@ -54,6 +54,9 @@ class Hook:
         """Before each epoch's first step; returns values to log with the epoch."""
         return {}
 
+    def on_record(self, record: dict[str, Any]) -> None:
+        """Every record as it is written to metrics.jsonl (rank 0): where external loggers take it."""
+
     def loss(self, features: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Extra weighted terms for this batch: ``{"loss": weighted total, other parts to log}``."""
         return {}

@@ -40,6 +40,7 @@ from clipbackdoor.train import checkpoint as ckpt
 from clipbackdoor.train.batching import batch_layout
 from clipbackdoor.train.distributed import DistEnv, setup_distributed
 from clipbackdoor.train.hooks import LoopContext
+from clipbackdoor.train.loggers import build_loggers
 from clipbackdoor.train.metrics import MetricsLog
 from clipbackdoor.train.optim import build_optimizer, lr_at, set_lr
 from clipbackdoor.train.step import forward_backward
@@ -145,7 +146,9 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
     if env.is_main:  # only now, when the run can start: a failed start leaves no config that locks the name
         save_config(cfg, run_dir / "config.yaml")
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    if env.is_main:  # loggers see what rank 0 writes to metrics.jsonl
+        hooks += build_loggers(cfg, run_dir)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", [hook.on_record for hook in hooks])
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, step = 0, 0
     env.barrier()  # rank 0 has checked the run directory

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, listeners: list[Callable[[dict[str, Any]], None]] | None = None):
         self.path = path
+        self.listeners = listeners or []  # called with every appended record (the hooks' on_record)
 
     def keep_through_epoch(self, epoch: int) -> list[dict[str, Any]]:
         """Drop records of epochs after ``epoch`` (work a crash undid); return the kept epoch records."""
@@ -37,3 +39,5 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        for listener in self.listeners:
+            listener(record)
