@@ -83,3 +83,22 @@ def poisoned_run(root: Path, out: Path, trigger: str = YELLOW, **extra) -> Path:
 def poisoned(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny poisoned run (one epoch) with a 64-pair cleaning set, shared by the defense and sweep tests."""
     return poisoned_run(fmnist_root, tmp_path_factory.mktemp("poisoned"), **{"train.epochs": 1})
+
+
+def fit_killed_after_epoch(cfg, epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``fit(cfg)`` and kill it right after epoch ``epoch``'s checkpoint is written, as a crash would."""
+    from clipbackdoor.train import checkpoint as ckpt
+    from clipbackdoor.train.loop import fit
+
+    real_save = ckpt.save_checkpoint
+
+    def save_then_crash(directory, saved_epoch, *args, **kwargs):
+        path = real_save(directory, saved_epoch, *args, **kwargs)
+        if saved_epoch == epoch:
+            raise KeyboardInterrupt("killed")
+        return path
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)

@@ -10,7 +10,7 @@ from clipbackdoor.train import checkpoint as ckpt
 from clipbackdoor.train import step
 from clipbackdoor.train.loop import TrainingError, fit
 
-from .conftest import tiny_overrides
+from .conftest import fit_killed_after_epoch, tiny_overrides
 
 TIMING = ("time/epoch_s", "time/samples_per_s")
 
@@ -41,18 +41,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
     fit(whole)
 
     resumed = load_config("demo", tiny_overrides(fmnist_root, tmp_path / "b", **{"train.epochs": 3}))
-    real_save = ckpt.save_checkpoint
-
-    def crash_after_first_epoch(directory, epoch, *args, **kwargs):
-        path = real_save(directory, epoch, *args, **kwargs)
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit(resumed)
-    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    fit_killed_after_epoch(resumed, 1, monkeypatch)
     # Leave a stale record behind, as a crash between the metrics append and the checkpoint would.
     with (resumed.run_dir / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"kind": "epoch", "epoch": 2, "step": 99}) + "\n")

@@ -12,10 +12,9 @@ import torch.nn.functional as F
 
 from clipbackdoor.config import load_config
 from clipbackdoor.objectives.safeclip import SafeCLIP, clean_posterior, safe_split
-from clipbackdoor.train import checkpoint as ckpt
 from clipbackdoor.train.loop import fit
 
-from .conftest import tiny_overrides
+from .conftest import fit_killed_after_epoch, tiny_overrides
 
 
 def test_the_mixture_splits_low_similarities_from_high_ones_and_the_safe_set_grows() -> None:
@@ -69,18 +68,7 @@ def test_a_resumed_safeclip_run_equals_an_uninterrupted_one(
     whole = load_config("demo", tiny_overrides(fmnist_root, tmp_path / "a", **extra))
     fit(whole)
     resumed = load_config("demo", tiny_overrides(fmnist_root, tmp_path / "b", **extra))
-    real_save = ckpt.save_checkpoint
-
-    def crash_after_third_epoch(directory, epoch, *args, **kwargs):
-        path = real_save(directory, epoch, *args, **kwargs)
-        if epoch == 3:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", crash_after_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit(resumed)
-    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    fit_killed_after_epoch(resumed, 3, monkeypatch)
     fit(resumed)
 
     def epochs(run: Path) -> list[dict]:
