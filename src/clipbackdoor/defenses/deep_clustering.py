@@ -22,13 +22,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch.utils.data import DataLoader
 
 from clipbackdoor.data import build_labelled_dataset
-from clipbackdoor.data.datasets import collate_skipping_bad
 from clipbackdoor.defenses.registry import Defense, DefenseError, register
 from clipbackdoor.models import ClipBundle
-from clipbackdoor.train.hooks import Hook, LoopContext
+from clipbackdoor.train.hooks import Hook, LoopContext, training_embeddings
 from clipbackdoor.train.optim import exempt_from_weight_decay, reset_optimizer_state
 
 CHUNK_ROWS = 8192  # rows per similarity block: 8192 × 1000 floats = 32 MB
@@ -138,7 +136,7 @@ class DeepClusteringHook(Hook):
     def on_epoch_start(self, epoch: int, ctx: LoopContext) -> dict[str, float]:
         assert self.head is not None and ctx.optimizer is not None, "setup and the optimizer come first"
         generator = torch.Generator().manual_seed(ctx.seed * 1009 + epoch)
-        self.assign = spherical_kmeans(image_embeddings(ctx), self.head.out_features, self.iters, generator)
+        self.assign = spherical_kmeans(training_embeddings(ctx)[0], self.head.out_features, self.iters, generator)
         self.head.weight.copy_(0.01 * torch.randn(self.head.weight.shape, generator=generator))
         self.head.bias.zero_()
         reset_optimizer_state(ctx.optimizer, self.head)
@@ -154,24 +152,6 @@ class DeepClusteringHook(Hook):
         targets = self.assign[batch["index"].to(self.assign.device)]
         ce = F.cross_entropy(self.head(features["image"].float()), targets)
         return {"loss": self.weight * ce, "cluster_ce": ce}
-
-
-@torch.no_grad()
-def image_embeddings(ctx: LoopContext) -> torch.Tensor:
-    """The normalised image embeddings of the training (cleaning) set, on ``ctx.device``, by dataset index
-    (rows of unreadable images stay 0)."""
-    model, device = ctx.bundle.model, ctx.device
-    was_training = model.training
-    model.eval()
-    images = ctx.train_set.without_views()  # views would be computed and thrown away
-    loader = DataLoader(images, batch_size=max(256, ctx.batch_size), collate_fn=collate_skipping_bad)
-    embeddings = torch.zeros(len(images), model.visual.output_dim, device=device)
-    for batch in loader:
-        if "image" in batch:
-            pixels = ctx.bundle.normalize(batch["image"].to(device))
-            embeddings[batch["index"].to(device)] = model.encode_image(pixels, normalize=True).float()
-    model.train(was_training)
-    return embeddings
 
 
 @register("deep-clustering")

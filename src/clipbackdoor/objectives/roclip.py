@@ -73,8 +73,10 @@ class RoCLIP(Objective):
     def nearest(self, image: torch.Tensor) -> torch.Tensor:
         """The pooled caption embedding nearest (cosine) to each image embedding."""
         assert self.pool is not None
-        pool = self.pool[: self.filled].to(device=image.device, dtype=image.dtype)
-        return pool[(image.detach() @ pool.T).argmax(dim=1)]
+        if self.pool.device != image.device:
+            self.pool = self.pool.to(image.device)  # once after a resume, not on every pass
+        pool = self.pool[: self.filled]  # float32: no cast copy of the whole pool per pass
+        return pool[(image.detach().float() @ pool.T).argmax(dim=1)].to(image.dtype)
 
     def forward(self, features: Features) -> dict[str, torch.Tensor]:
         image, text, s = features["image_aug"], features["text_aug"], features["logit_scale"]

@@ -30,14 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from clipbackdoor.config import ConfigError
-from clipbackdoor.data.datasets import collate_skipping_bad
 from clipbackdoor.objectives.distributed import gather_with_grad, local_targets
 from clipbackdoor.objectives.registry import Features, Objective, register
 from clipbackdoor.objectives.roclip import gather_detached
-from clipbackdoor.train.hooks import Hook, LoopContext
+from clipbackdoor.train.hooks import Hook, LoopContext, training_embeddings
 
 
 def clean_posterior(similarity: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -127,7 +125,9 @@ class SafeCLIP(Objective):
         s, image, text = features["logit_scale"], features["image"], features["text"]
         if self.phase == "split":
             assert self.safe is not None, "safeclip: no safe set yet (its hook splits at the epoch's start)"
-            safe = self.safe.to(image.device)[features["index"]]
+            if self.safe.device != image.device:
+                self.safe = self.safe.to(image.device)  # once per split, not on every micro-batch pass
+            safe = self.safe[features["index"]]
         else:
             safe = torch.full((len(image),), self.phase == "multimodal", dtype=torch.bool, device=image.device)
         risky, r, w = ~safe, self.rank, self.world_size
@@ -167,20 +167,10 @@ class SafeSplitHook(Hook):
         return {"safeclip/safe_share": float(self.term.safe.float().mean())}
 
 
-@torch.no_grad()
 def pair_similarities(ctx: LoopContext) -> np.ndarray:
     """Every training pair's image–caption cosine similarity under the current model, by dataset index
-    (unreadable rows get the lowest: they are never safe)."""
-    model, device = ctx.bundle.model, ctx.device
-    was_training = model.training
-    model.eval()
-    pairs = ctx.train_set.without_views()
-    loader = DataLoader(pairs, batch_size=max(256, ctx.batch_size), collate_fn=collate_skipping_bad)
-    similarity = np.full(len(pairs), -1.0)
-    for batch in loader:
-        if "image" in batch:
-            image = model.encode_image(ctx.bundle.normalize(batch["image"].to(device)), normalize=True)
-            text = model.encode_text(batch["text"].to(device), normalize=True)
-            similarity[batch["index"].numpy()] = (image * text).sum(dim=1).float().cpu().numpy()
-    model.train(was_training)
-    return similarity
+    (unreadable rows get -1: they are never safe)."""
+    images, texts = training_embeddings(ctx, captions=True)
+    assert texts is not None
+    similarity = (images * texts).sum(dim=1)
+    return torch.where(images.abs().sum(dim=1) > 0, similarity, -1.0).cpu().numpy().astype(np.float64)

@@ -60,3 +60,30 @@ class Hook:
     def loss(self, features: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Extra weighted terms for this batch: ``{"loss": weighted total, other parts to log}``."""
         return {}
+
+
+@torch.no_grad()
+def training_embeddings(ctx: LoopContext, captions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The normalised image (and, with ``captions``, caption) embeddings of every training pair under the
+    current model, on ``ctx.device``, by dataset index; rows of unreadable images stay 0. For hooks that
+    look at the whole training set at an epoch's start (deep clustering's k-means, SafeCLIP's split)."""
+    from torch.utils.data import DataLoader
+
+    from clipbackdoor.data.datasets import collate_skipping_bad
+
+    model, device = ctx.bundle.model, ctx.device
+    was_training = model.training
+    model.eval()
+    pairs = ctx.train_set.without_views()  # views would be computed and thrown away
+    loader = DataLoader(pairs, batch_size=max(256, ctx.batch_size), collate_fn=collate_skipping_bad)
+    width = model.visual.output_dim
+    images = torch.zeros(len(pairs), width, device=device)
+    texts = torch.zeros(len(pairs), width, device=device) if captions else None
+    for batch in loader:
+        if "image" in batch:
+            index = batch["index"].to(device)
+            images[index] = model.encode_image(ctx.bundle.normalize(batch["image"].to(device)), normalize=True).float()
+            if texts is not None:
+                texts[index] = model.encode_text(batch["text"].to(device), normalize=True).float()
+    model.train(was_training)
+    return images, texts
