@@ -54,3 +54,26 @@ def test_reduced_decoding_keeps_a_checkpoints_accuracy(tmp_path: Path) -> None:
     result = json.loads(result_path.read_text())
     result_path.unlink()
     assert result["ca_reference"] >= 70 and abs(result["ca_gap_points"]) <= 0.5, result
+
+
+def test_the_small_study_recipe_in_miniature(tmp_path: Path) -> None:
+    """configs/study-fmnist.yaml itself, shrunk only in sizes (600 pairs, 200 eval images, one grid point):
+    four pre-trainings (RoCLIP and SafeCLIP not cleaned), sweeps, the seeds axis, detect-filter-retrain, report."""
+    sizes = ("{'poison.source': {source: fashion-mnist, split: train, max_samples: 600}, 'poison.num_poisons': 18, "
+             "'poison.cleaning': {size: 128, poisons: 0}, 'train.epochs': 2, 'train.warmup_steps': 2, "
+             "'train.batch_size': 64, "
+             "'data.eval': {source: fashion-mnist, split: test, max_samples: 200}}")  # fmt: skip
+    grid = [f"defenses.{d}.space.train\\.lr.grid=[1.0e-3]" for d in ("mmcl-only", "ssl-only", "cleanclip")]
+    args = [f"output_dir={tmp_path}", "workers=2", f"overrides={sizes}", *grid,
+            "defenses.cleanclip.space.defense\\.ssl.grid=[1.0]"]  # fmt: skip
+    assert main(["study", "study-fmnist", *args]) == 0
+    root = tmp_path / "study-fmnist"
+    report = (root / "report" / "report.md").read_text()
+    for heading in ("## Pre-trained on the poisoned data", "## Detect, filter, pre-train again",
+                    "## Spread over training seeds"):  # fmt: skip
+        assert heading in report
+    assert {p.name for p in (root / "pretrain").iterdir() if p.is_dir()} == {
+        "mmcl", "mmcl-ssl", "roclip", "safeclip", "mmcl-seed1", "mmcl-seed2", "mmcl-ssl-seed1", "mmcl-ssl-seed2",
+        "mmcl-filtered", "mmcl-ssl-filtered",
+    }  # fmt: skip
+    assert not any(p.name.startswith(("roclip--", "safeclip--")) for p in (root / "sweeps").iterdir())
