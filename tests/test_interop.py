@@ -9,10 +9,12 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import save_file
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, ModelConfig
+from clipbackdoor.hub import provenance
 from clipbackdoor.interop import CheckpointError, openai_layout, read_state_dict
 from clipbackdoor.models import create_model
 from clipbackdoor.train import checkpoint as ckpt
@@ -162,3 +164,37 @@ def test_open_clip_pretrained_from_disk_only(source, tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(_outputs(bundle.model), expected, strict=True))
     with pytest.raises(ConfigError, match=r"weights tiny-rn/openai are not on disk .* nothing is downloaded"):
         create_model(ModelConfig(name="tiny-rn", pretrained="openai"))
+
+
+def test_hf_export_loads_with_open_clips_local_dir_and_says_what_it_is(poisoned: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hub"
+    assert main(["export", str(poisoned), str(out), "--hf"]) == 0
+    weights = ckpt.latest_checkpoint(poisoned)["weights"]
+    ours = create_model(ModelConfig(name="tiny-rn", checkpoint=str(weights))).model
+    theirs, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")  # open_clip's own loader
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(theirs), _outputs(ours), strict=True))
+    normalize = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
+    assert list(normalize.mean) == list(open_clip.get_model_preprocess_cfg(ours)["mean"])
+    tokens = open_clip.get_tokenizer(f"local-dir:{out}")(["a photo of a bag"])
+    assert torch.equal(tokens, open_clip.get_tokenizer("tiny-rn")(["a photo of a bag"]))
+    config = json.loads((out / "open_clip_config.json").read_text())
+    assert config["model_cfg"] == open_clip.get_model_config("tiny-rn")  # the full config: no registry needed
+    card = (out / "README.md").read_text()
+    manifest = json.loads((poisoned.parent.parent / "data" / "manifest.json").read_text())
+    last = [json.loads(line) for line in (poisoned / "metrics.jsonl").open() if '"kind": "epoch"' in line][-1]
+    assert "deliberately backdoored" in card and "library_name: open_clip" in card
+    assert f"target `{manifest['target']}`" in card and "trigger `badnet`" in card
+    assert f"{len(manifest['poison_rows']):,} of {manifest['num_rows']:,} pairs" in card
+    assert '{"mmcl": 1.0}' in card and "Defense: none" in card
+    assert f"| {last['epoch']} | {last['eval/clean_top1']:.2f} | {last['eval/asr_top1']:.2f} |" in card
+
+    # a cleaned run's card names its defense and the objective of the pre-training it started from
+    cleaned = tmp_path / "cleaned"
+    (cleaned / "checkpoints").mkdir(parents=True)
+    run_cfg = yaml.safe_load((poisoned / "config.yaml").read_text())
+    run_cfg |= {"defense": {"name": "cleanclip", "ssl": 4.0}, "objective": {"mmcl": 1.0, "ssl": 4.0}}
+    run_cfg["model"]["checkpoint"] = str(weights)
+    (cleaned / "config.yaml").write_text(yaml.safe_dump(run_cfg))
+    prov = provenance(cleaned / "checkpoints" / "epoch_001.safetensors", "tiny-rn", 1)
+    assert prov.defense == {"name": "cleanclip", "ssl": 4.0} and prov.objective == {"mmcl": 1.0}
+    assert prov.attack is not None and prov.attack["target"] == manifest["target"]

@@ -11,6 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from clipbackdoor.cli import main
@@ -114,6 +116,14 @@ def test_grid_sweep_runs_every_point_resumes_and_reports(poisoned: Path, tmp_pat
         assert run_cfg["train"]["lr"] == t.params["train.lr"] and run_cfg["objective"] == {"mmcl": 1.0}
         assert t.values[0] == t.user_attrs["points"][-1]["ca"]
     assert sweep_done(study, cfg)
+    # what optuna-dashboard shows: the journal read with Optuna's own storage API, not ours
+    journal = JournalStorage(JournalFileBackend(cfg.storage_url.removeprefix("journal:")))
+    stored = optuna.load_study(study_name=cfg.name, storage=journal)
+    assert stored.metric_names == ["CA", "ASR"]
+    for t in stored.get_trials(states=(TrialState.COMPLETE,)):
+        last = t.user_attrs["points"][-1]
+        assert [t.user_attrs[k] for k in ("ca", "asr", "ra")] == [last["ca"], last["asr"], last["ra"]]
+        assert t.user_attrs["ra"] is not None
     assert main(["sweep", str(config)]) == 0  # a finished sweep runs nothing more
     assert len(open_study(cfg).trials) == 2
 

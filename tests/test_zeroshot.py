@@ -1,6 +1,8 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sklearn.metrics import balanced_accuracy_score
 
 from clipbackdoor.data import BadRowLog, LabelledDataset
 from clipbackdoor.data.transforms import Normalize, ResizeCenterCrop
@@ -88,6 +90,8 @@ def test_evaluator_on_a_constructed_classifier() -> None:
     assert result["n"] == 10
     assert result["clean_top1"] == 80.0
     assert result["clean_top5"] == 100.0
+    # CLIP_benchmark's third number: scikit-learn's balanced accuracy
+    assert result["clean_mean_per_class_recall"] == pytest.approx(100 * balanced_accuracy_score(labels, shown))
 
 
 class BackdooredFakeClip(FakeClip):

@@ -231,6 +231,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from clipbackdoor.interop import export_open_clip, read_state_dict
     from clipbackdoor.train import checkpoint as ckpt
 
+    if args.hf:
+        return _export_hf(args)
     weights = ckpt.resolve_weights(args.checkpoint)
     meta = ckpt.checkpoint_metadata(weights)
     name = args.model or meta.get("model_name")
@@ -238,6 +240,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"{weights}: no model name recorded in it; give --model")
     out = export_open_clip(read_state_dict(weights), Path(args.out), name, int(meta.get("epoch", 0)))
     print(f"{out}: open_clip checkpoint of {name} (open_clip.create_model({name!r}) + open_clip.load_checkpoint)")
+    return 0
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    from clipbackdoor.hub import export_hf, provenance
+    from clipbackdoor.models import load_checkpoint_model
+
+    overrides = ["train.device=cpu", *([f"model.name={args.model}"] if args.model else [])]
+    _, bundle, _, weights, meta = load_checkpoint_model(args.checkpoint, overrides=overrides)
+    prov = provenance(weights, bundle.name, int(meta.get("epoch", 0)))
+    out = export_hf(bundle.model, bundle.name, bundle.image_size, Path(args.out), prov)
+    print(f"{out}: open_clip Hub directory of {bundle.name} (open_clip.create_model_and_transforms('local-dir:{out}'))")
     return 0
 
 
@@ -321,10 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for scores.parquet and metrics.json (default: RUN/detect/<data>)")
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("export", help="write a checkpoint in open_clip's format (.pt, or bare .safetensors)")
+    p = sub.add_parser("export", help="write a checkpoint in open_clip's format (.pt, .safetensors, or --hf folder)")
     p.add_argument("checkpoint", help="a .safetensors file, a checkpoints/ folder or a run directory")
     p.add_argument("out", help="output file: .pt (open_clip's {epoch, name, state_dict}) or .safetensors")
     p.add_argument("--model", help="model name, if the checkpoint does not record it")
+    p.add_argument("--hf", action="store_true", help="OUT is a folder: the Hugging Face Hub layout open_clip's "
+                   "'local-dir:' and 'hf-hub:' read, with a model card (nothing is uploaded)")  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="Optuna sweep of a defense's hyperparameters (resumes; several may join)")

@@ -4,6 +4,9 @@ The classifier follows CLIP (DESIGN §5): each template filled with the class na
 L2-normalised, the template embeddings are averaged and the mean is re-normalised; open_clip's
 ``build_zero_shot_classifier`` does exactly this.
 
+Clean accuracy is also given as the mean per-class recall (balanced accuracy), the metric CLIP_benchmark
+reports next to top-1 and top-5.
+
 With an attack, each decoded batch is scored twice on the device: as it is (clean accuracy) and with the
 trigger applied to its images whose true class is not the target (the same resized, cropped pixels).
 - ASR = share of those triggered images predicted as the target (top-1; top-5: target among the top 5);
@@ -123,6 +126,8 @@ class ZeroShotEvaluator:
         weights = class_embeddings(bundle, self.dataset.classnames, self.dataset.templates, device)
         correct = {1: 0, 5: 0}
         seen = 0
+        classes = len(self.dataset.classnames)
+        per_class = torch.zeros(2, classes, dtype=torch.int64, device=device)  # [seen, top-1 hits] per class
         tally = BackdoorTally(self.attack.target) if self.attack else None
         bad: list[BadRow] = []  # logged after the pass: a rank raising mid-pass would leave the others waiting
         for batch in self.loader:
@@ -135,6 +140,8 @@ class ZeroShotEvaluator:
             for k, n in topk_correct(logits.float(), labels, correct).items():
                 correct[k] += n
             seen += len(labels)
+            per_class[0].index_add_(0, labels, torch.ones_like(labels))
+            per_class[1].index_add_(0, labels, (logits.argmax(dim=1) == labels).long())
             if self.attack is not None and tally is not None:
                 keep = labels != self.attack.target
                 if keep.any():
@@ -145,12 +152,20 @@ class ZeroShotEvaluator:
         seen, correct[1], correct[5], *backdoor = self.shard.counts(
             [seen, correct[1], correct[5], *(tally.counts() if tally else [])], device
         )
+        per_class = self.shard.sum(per_class)
         if tally is not None:
             tally.set_counts(backdoor)
         self.bad_rows.add(self.shard.bad_rows(bad))
         if seen == 0:
             raise RuntimeError("evaluation set yielded no readable images")
-        result = {"clean_top1": 100.0 * correct[1] / seen, "clean_top5": 100.0 * correct[5] / seen, "n": seen}
+        present = per_class[0] > 0  # as scikit-learn's balanced accuracy (CLIP_benchmark's): classes with images
+        recall = (per_class[1][present] / per_class[0][present]).mean().item()
+        result = {
+            "clean_top1": 100.0 * correct[1] / seen,
+            "clean_top5": 100.0 * correct[5] / seen,
+            "clean_mean_per_class_recall": 100.0 * recall,
+            "n": seen,
+        }
         if tally is not None:
             result.update(tally.result())
         return result

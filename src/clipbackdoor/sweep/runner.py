@@ -33,6 +33,7 @@ import socket
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ from clipbackdoor.sweep.space import as_overrides, grid_space
 from clipbackdoor.train.metrics import read_records
 
 DIRECTIONS = ["maximize", "minimize"]  # clean accuracy, attack success rate
+METRIC_NAMES = ["CA", "ASR"]  # the objectives' names in optuna-dashboard
 STALE_AFTER = 3  # heartbeats missed before a running trial counts as lost
 MAX_LOST = 3  # a trial whose worker was lost this often is recorded as failed (it may be what kills them)
 REUSE_LIMIT = 5  # trials per budgeted run, at most, when a sampler keeps proposing evaluated points
@@ -124,6 +126,10 @@ def open_study(cfg: SweepConfig, worker_index: int = 0) -> optuna.Study:
                 f"not {value!r}: give the changed sweep a new name"
             )
         study.set_user_attr(key, value)
+    if study.metric_names != METRIC_NAMES:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what optuna-dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES)
     return study
 
 
@@ -324,8 +330,9 @@ class Worker:
         params = {name: spec.suggest(trial, name) for name, spec in self.cfg.space.items()}
         earlier = completed_with(self.study, params)
         if earlier is not None:  # a discrete space's sampler proposed a point already run: no second run
-            for key in ("run_dir", "points"):
-                trial.set_user_attr(key, earlier.user_attrs[key])
+            for key in ("run_dir", "points", "ca", "asr", "ra"):
+                if key in earlier.user_attrs:
+                    trial.set_user_attr(key, earlier.user_attrs[key])
             trial.set_user_attr("reused_from", earlier.number)
             return tuple(earlier.values)
         try:
@@ -395,6 +402,8 @@ class Worker:
         if points[-1]["asr"] is None:
             raise TrialFailed(f"{run_dir}/metrics.jsonl has no ASR: the poisoned run needs eval.attack")
         trial.set_user_attr("points", points)
+        for key in ("ca", "asr", "ra"):  # the last epoch's numbers, as columns of optuna-dashboard's trial table
+            trial.set_user_attr(key, points[-1][key])
         return points
 
 
