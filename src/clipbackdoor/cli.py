@@ -212,14 +212,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg, bundle, device, weights, meta = load_checkpoint_model(args.checkpoint, args.config, args.overrides)
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
     result = build_evaluator(cfg, bundle.image_size, bad_rows, bundle.tokenizer)(bundle, device)
-    record = {
-        "checkpoint": str(weights),
-        "epoch": int(meta.get("epoch", -1)),
-        "model": bundle.name,
-        "eval_set": cfg.data.eval.model_dump(mode="json"),
-        **{f"eval/{k}": v for k, v in result.items()},
-        "data/bad_rows": bad_rows.count,
-    }
+    if args.format == "clip_benchmark":
+        from clipbackdoor.evaluation.benchmark_record import clip_benchmark_record
+
+        record = clip_benchmark_record(result, cfg.data.eval, bundle.name, weights)
+    else:
+        record = {
+            "checkpoint": str(weights),
+            "epoch": int(meta.get("epoch", -1)),
+            "model": bundle.name,
+            "eval_set": cfg.data.eval.model_dump(mode="json"),
+            **{f"eval/{k}": v for k, v in result.items()},
+            "data/bad_rows": bad_rows.count,
+        }
     out = Path(args.out) if args.out else weights.with_suffix(".eval.json")
     out.write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
@@ -316,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a .safetensors file, a checkpoints/ folder or a run directory")
     p.add_argument("--config", help="config whose data.eval set to use (default: the run's own config)")
     p.add_argument("--out", help="JSON file to write (default: next to the checkpoint)")
+    p.add_argument("--format", choices=["clipbackdoor", "clip_benchmark"], default="clipbackdoor",
+                   help="clip_benchmark: CLIP_benchmark's result schema, CA/ASR/RA added to its metrics")  # fmt: skip
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_evaluate)
 

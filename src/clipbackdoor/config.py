@@ -320,10 +320,21 @@ class PoisonConfig(_Strict):
         return build_trigger(v, where="trigger").model_dump(mode="json")
 
 
+class WandbConfig(_Strict):
+    """A Weights & Biases run; offline by default, so a run never needs the network (``wandb sync`` uploads it)."""
+
+    project: str
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    entity: str | None = Field(None, description="user or team; default: the account's default entity")
+    dir: str | None = Field(None, description="where W&B writes its files (a wandb/ folder); default: the run folder")
+
+
 class LogConfig(_Strict):
-    """External loggers; each sees the records of metrics.jsonl (optional extras: ``pip install .[tensorboard]``)."""
+    """External loggers; each sees the records of metrics.jsonl (optional extras: ``pip install .[tensorboard]``,
+    ``.[wandb]``)."""
 
     tensorboard: bool = Field(False, description="write every record to <run>/tensorboard as scalars")
+    wandb: WandbConfig | None = Field(None, description="send every record to a W&B run, e.g. {project: clip}")
 
 
 class ExperimentConfig(_Strict):

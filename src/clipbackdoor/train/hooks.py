@@ -57,6 +57,11 @@ class Hook:
     def on_record(self, record: dict[str, Any]) -> None:
         """Every record as it is written to metrics.jsonl (rank 0): where external loggers take it."""
 
+    def on_checkpoint(self, epoch: int) -> None:
+        """Right after epoch ``epoch``'s checkpoint is saved (rank 0). Its records are final only now: a crash
+        before it makes the resumed run redo the epoch and write them again, so a logger that cannot take a
+        record back (W&B) holds them until here."""
+
     def loss(self, features: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Extra weighted terms for this batch: ``{"loss": weighted total, other parts to log}``."""
         return {}

@@ -258,6 +258,8 @@ def fit(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[dict[str, An
                 "objective": objective.state_dict(),  # a term's own state (RoCLIP's caption pool)
             }
             ckpt.save_checkpoint(ckpt_dir, epoch, model, state, meta, tcfg.keep_last)
+            for hook in hooks:
+                hook.on_checkpoint(epoch)
             history.append(record)
         env.barrier()  # the others wait while rank 0 checkpoints
     return history
