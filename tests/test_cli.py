@@ -78,5 +78,6 @@ def test_demo_study_runs_every_stage_on_tiny_data_and_resumes(fmnist_root: Path,
     assert len(trials) == 2 * (1 + 1)
     assert (root / "report" / "report.html").is_file() and (root / "report" / "figures" / "ca_vs_asr.png").is_file()
     stamps = [t.stat().st_mtime for t in trials]
+    assert json.loads((root / "progress.json").read_text())["stage"] == "done"
     assert main(["demo", *study]) == 0  # resumed: every stage is found finished, no trial runs again
     assert [t.stat().st_mtime for t in trials] == stamps

@@ -28,7 +28,14 @@ def test_other_seeds_rerun_pretraining_and_the_selected_setting(fmnist_root: Pat
     seeds = {"values": [0, 1], "defenses": ["mmcl-only"]}
     config = write_study(tmp_path / "study.yaml", fmnist_root, seeds=seeds, asr_threshold=100.0)
     assert main(["study", str(config)]) == 0
+    out = capsys.readouterr().out
     root = tmp_path / "tiny-study"
+    progress = json.loads((root / "progress.json").read_text())  # written as it ran: last, all of it done
+    assert progress["stage"] == "done" and progress["eta_s"] == 0 and progress["poisoned"] and progress["reported"]
+    assert [(s["name"], s["done"], s["total"]) for s in progress["stages"]][-2:] == [
+        ("pre-train mmcl-seed1", 4, 4), ("clean mmcl--mmcl-only, its selected setting at seeds [1]", 1, 1)]  # fmt: skip
+    assert all(s["finished"] and s["seconds_per_unit"] > 0 for s in progress["stages"])
+    assert "[progress] pre-train 1 of 2: pre-train mmcl;" in out and "[progress] done;" in out
     seeded = load_config(root / "pretrain" / "mmcl-seed1" / "config.yaml")
     assert seeded.seed == 1 and load_config(root / "pretrain" / "mmcl" / "config.yaml").seed == 0
     runs = json.loads((root / "seeds" / "seeds.json").read_text())
@@ -52,6 +59,10 @@ def test_other_seeds_rerun_pretraining_and_the_selected_setting(fmnist_root: Pat
     capsys.readouterr()
     assert main(["study", str(config)]) == 0
     assert "finished earlier" in capsys.readouterr().out
+    assert json.loads((root / "progress.json").read_text())["started"] == progress["started"]  # since the first start
+    assert main(["status", str(root)]) == 0  # from another shell: read from the study's files and storage
+    status = capsys.readouterr().out
+    assert status.startswith("study tiny-study: done\n") and "[x] pre-train mmcl-seed1: 4 of 4 steps" in status
     assert main(["report", str(root), "--out", str(tmp_path / "again")]) == 0
     again = (tmp_path / "again" / "report.md").read_text()
     assert again[again.index("## Spread over training seeds") :].split("\n## ")[0] == section

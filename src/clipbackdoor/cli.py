@@ -89,6 +89,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """A study's progress read from its directory and storage: works from any shell or machine that sees them."""
+    from clipbackdoor.plan import plan_study
+    from clipbackdoor.progress import format_progress, study_progress
+    from clipbackdoor.study import load_study_config
+
+    study_dir = Path(args.study_dir)
+    if not (study_dir / "study.yaml").is_file():
+        raise ConfigError(f"{study_dir}: no study.yaml; is it a study directory (runs/<name>)?")
+    cfg = load_study_config(study_dir / "study.yaml", [f"output_dir={study_dir.parent}", f"name={study_dir.name}"])
+    record = study_progress(cfg, plan_study(cfg))
+    print(json.dumps(record, indent=1) if args.json else format_progress(record))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The reduced study (configs/study-demo.yaml): every stage, sized for a laptop CPU."""
     args.config = "study-demo"
@@ -375,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="study YAML (e.g. configs/study-fmnist.yaml) or a built-in name")
     p.add_argument("overrides", **overrides)
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("status", help="a study's progress (stage, steps and runs done, elapsed, ETA), from any shell")
+    p.add_argument("study_dir", help="the study's directory, e.g. runs/study-fmnist")
+    p.add_argument("--json", action="store_true", help="print the record progress.json holds")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("plan", help="the compute plan of a config or study: batches, steps, warm-up, cost, warnings")
     p.add_argument("config", help="experiment or study YAML, or a built-in name")

@@ -48,6 +48,15 @@ class Count:
     source: str
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a running study keeps a stage's progress: a pre-training's run directory (its metrics.jsonl), or
+    the sweeps whose trials are its cleaning runs, as (Optuna study name, storage URL)."""
+
+    run_dir: Path | None = None
+    sweeps: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass
 class Stage:
     """One stage of a plan (a pre-training, or one sweep's cleaning runs): what it runs, and on what."""
@@ -67,6 +76,7 @@ class Stage:
     throughput: tuple[float, str] | None = None  # samples/s per device, and the file it came from
     warnings: list[str] = field(default_factory=list)
     feed: str | None = None  # what the loader's cores deliver per process (feed.py); None for in-memory data
+    where: Where | None = None  # in a study: where its progress is (progress.py)
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -312,15 +322,19 @@ def _pretrain_stage(
         name = f"detect with {tag}, drop {drop_percent:g} % of the pairs, pre-train {run_name(tag, filtered=True)}"
     processes = gpus or launcher_processes(study.pretrain_launcher)
     launcher = f"--gpus {gpus}" if gpus else " ".join(study.pretrain_launcher) or "python"
-    return plan_stage(
+    stage = plan_stage(
         name, cfg, processes, launcher, pairs, poison_image_size=cfg.poison.image_size,
         warnings=missing_paths(cfg, train_data=False), bench_dirs=bench_dirs, cores=cores,
     )  # fmt: skip
+    stage.where = Where(run_dir=study.study_dir / "pretrain" / run_name(tag, seed, drop_percent is not None))
+    return stage
 
 
 def _clean_stage(
-    study: Any, sweep: Any, name: str, runs: int, at_once: int, bench_dirs: tuple[Path, ...], cores: int | None
-) -> Stage:
+    study: Any, sweep: Any, name: str, runs: int, at_once: int, bench_dirs: tuple[Path, ...], cores: int | None,
+    run_in: list[Any] | None = None,
+) -> Stage:  # fmt: skip
+    """The cleaning runs of ``sweep``'s recipe, run in the sweeps ``run_in`` (default: ``sweep`` itself)."""
     from clipbackdoor.config import load_config
     from clipbackdoor.defenses.cleaning import with_recipe
     from clipbackdoor.study import pretrain_overrides
@@ -336,9 +350,11 @@ def _clean_stage(
     )
     launcher = " ".join(study.clean_launcher) or "python"
     processes = launcher_processes(study.clean_launcher)
-    return plan_stage(
+    stage = plan_stage(
         name, cfg, processes, launcher, pairs, runs=runs, at_once=at_once, bench_dirs=bench_dirs, cores=cores
     )
+    stage.where = Where(sweeps=tuple((s.name, s.storage_url) for s in run_in or [sweep]))
+    return stage
 
 
 def plan_study(
@@ -347,7 +363,7 @@ def plan_study(
     """The study's stages in the order it runs them: pre-training per objective, one cleaning stage per
     (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed),
     then the detection stage (pre-training again on the filtered data)."""
-    from clipbackdoor.seeds import base_seed, other_seeds
+    from clipbackdoor.seeds import base_seed, other_seeds, seed_sweep_home
     from clipbackdoor.study import sweep_configs
     from clipbackdoor.sweep.devices import resolve_devices
     from clipbackdoor.sweep.runner import budget
@@ -368,7 +384,7 @@ def plan_study(
         wanted = study.seeds.defenses or list(study.defenses)
         stages += [
             _clean_stage(study, s, f"clean {s.name}, its selected setting at seeds {others}", len(others), 1,
-                         bench_dirs, cores)
+                         bench_dirs, cores, [seed_sweep_home(study, s, seed) for seed in others])
             for s in sweeps if Path(s.defense).stem in wanted and Path(s.run).name in study.seeded_pretrain
         ]  # fmt: skip
     if study.filter:

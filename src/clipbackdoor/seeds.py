@@ -40,19 +40,23 @@ def _setting(best: Point) -> str:
     return f"{params}, epoch {best.epoch}" if params else f"epoch {best.epoch}"
 
 
-def seed_sweep(cfg: StudyConfig, sweep: SweepConfig, best: Point, seed: int) -> SweepConfig:
-    """The selected setting as a one-point grid, cleaning the poisoned model pre-trained under ``seed``."""
+def seed_sweep_home(cfg: StudyConfig, sweep: SweepConfig, seed: int) -> SweepConfig:
+    """``sweep`` moved to the poisoned model pre-trained under ``seed``: its name, run and storage (known
+    before the selected setting is, so ``plan`` and ``status`` can name it)."""
     tag = Path(sweep.run).name
     return sweep.model_copy(
         update={
             "name": f"{run_name(tag, seed)}--{Path(sweep.defense).stem}",
             "run": str(cfg.study_dir / "pretrain" / run_name(tag, seed)),
             "output_dir": str(cfg.study_dir / "seeds"),
-            "sampler": "grid",
-            "trials": None,
-            "space": {key: ParamSpec(choices=[value]) for key, value in best.params.items()},
         }
     )
+
+
+def seed_sweep(cfg: StudyConfig, sweep: SweepConfig, best: Point, seed: int) -> SweepConfig:
+    """The selected setting as a one-point grid, cleaning the poisoned model pre-trained under ``seed``."""
+    space = {key: ParamSpec(choices=[value]) for key, value in best.params.items()}
+    return seed_sweep_home(cfg, sweep, seed).model_copy(update={"sampler": "grid", "trials": None, "space": space})
 
 
 def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> Path:

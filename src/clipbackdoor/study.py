@@ -251,17 +251,26 @@ def run_pretraining(
 
 
 def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) -> Path:
-    """Run every stage that is not finished yet; returns the report's Markdown file."""
+    """Run every stage that is not finished yet, writing ``progress.json`` as it goes; returns the report's
+    Markdown file."""
+    from clipbackdoor.plan import format_plan, plan_study
+    from clipbackdoor.progress import ProgressWriter
+
+    device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, cfg.workers)  # fail now, not after days
+    stages = plan_study(cfg)
+    log(format_plan(stages))
+    save_config(cfg, cfg.study_dir / "study.yaml")
+    with ProgressWriter(cfg, stages, log) as progress:
+        return _run_stages(cfg, command, progress.log_stage)
+
+
+def _run_stages(cfg: StudyConfig, command: str | None, log: Any) -> Path:
     from clipbackdoor.attacks.poison import write_poisoned_dataset
     from clipbackdoor.filtering import run_filtering
-    from clipbackdoor.plan import format_plan, plan_study
     from clipbackdoor.report.build import build_report
     from clipbackdoor.seeds import run_seeds
     from clipbackdoor.sweep.runner import run_sweeps
 
-    device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, cfg.workers)  # fail now, not after days
-    log(format_plan(plan_study(cfg)))
-    save_config(cfg, cfg.study_dir / "study.yaml")
     base = stage_overrides(cfg)
     poison = load_config(cfg.base, base).poison
     if poison is None:
