@@ -15,6 +15,7 @@
     python benchmarks/bench_train.py --scale --batch 128 --steps 20   # GPU: train_scale.json
     python benchmarks/bench_train.py --scale --batch 4 --steps 4      # the same at CPU size
     python benchmarks/bench_train.py --scale --model tiny-rn --batch 64 --steps 8   # train_scale_tiny-rn.json
+    python benchmarks/bench_train.py --loggers --batch 256 --steps 50 --repeats 5  # loggers.json (issue 19)
 """
 
 from __future__ import annotations
@@ -34,17 +35,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_gpu import flops_per_sample, measure
 from common import machine, matmul_peak_flops, write_result
 
-from clipbackdoor.config import load_config
+from clipbackdoor.config import ExperimentConfig, load_config
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
 from clipbackdoor.models import create_model
+from clipbackdoor.progress import PROGRESS_EVERY_S
 from clipbackdoor.synth import synthesize
 from clipbackdoor.train.loop import fit
 
 OBJECTIVES = {"mmcl": "{mmcl: 1.0}", "mmcl+ssl": "{mmcl: 1.0, ssl: 1.0}"}
 
 
-def ours(model: str, batch: int, steps: int, workdir: Path, tag: str, objective: str = "mmcl") -> float:
-    cfg = load_config(
+def ours(
+    model: str, batch: int, steps: int, workdir: Path, tag: str, objective: str = "mmcl", extra: tuple[str, ...] = ()
+) -> float:
+    return fit(bench_config(model, batch, steps, workdir, tag, objective, extra))[-1]["time/samples_per_s"]
+
+
+def bench_config(
+    model: str, batch: int, steps: int, workdir: Path, tag: str, objective: str = "mmcl", extra: tuple[str, ...] = ()
+) -> ExperimentConfig:
+    return load_config(
         "demo",
         [
             f"objective={OBJECTIVES[objective]}",
@@ -59,9 +69,81 @@ def ours(model: str, batch: int, steps: int, workdir: Path, tag: str, objective:
             "eval.every_epoch=false",
             "train.progress=false",
             "train.warmup_steps=2",
+            *extra,
         ],
     )
-    return fit(cfg)[-1]["time/samples_per_s"]
+
+
+LOGGERS = {
+    "off": (),
+    "tensorboard": ("log.tensorboard=true",),
+    "wandb": ("log.wandb={project: bench, mode: offline}",),
+    "both": ("log.tensorboard=true", "log.wandb={project: bench, mode: offline}"),
+}
+
+
+def loggers(args: argparse.Namespace) -> None:
+    """Training throughput with the external loggers on against off (issue target: at most 2 % lower).
+
+    Wall-clock samples/s of the whole ``fit`` (2 epochs at the demo's batch and log_every, evaluation off), so
+    what the loggers do outside the timed epochs counts too: W&B's start, its flushes at each checkpoint,
+    its finish. The variants run interleaved, ``--repeats`` times each, so drift in machine load hits all."""
+    import os
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    runs: dict[str, list[float]] = {name: [] for name in LOGGERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["WANDB_DIR"] = os.environ["WANDB_CACHE_DIR"] = os.environ["WANDB_CONFIG_DIR"] = tmp
+        for r in range(args.repeats):
+            for name, extra in LOGGERS.items():
+                cfg = bench_config(args.model, args.batch, args.steps, Path(tmp), f"{name}-{r}", "mmcl",
+                                   ("train.epochs=2", *extra))  # fmt: skip
+                start = time.perf_counter()
+                fit(cfg)
+                runs[name].append(2 * args.batch * args.steps / (time.perf_counter() - start))
+    median = {k: statistics.median(v) for k, v in runs.items()}
+    ratio = {k: median[k] / median["off"] for k in LOGGERS if k != "off"}
+    progress_s = progress_check_seconds()
+    payload = {
+        "benchmark": "loggers",
+        "machine": machine(),
+        "setup": {
+            "model": args.model,
+            "batch": args.batch,
+            "steps_per_epoch": args.steps,
+            "epochs": 2,
+            "repeats": args.repeats,
+            "log_every": load_config("demo").train.log_every,
+            "measure": "wall-clock samples/s of the whole fit (W&B start, flushes and finish included)",
+        },
+        "results": {"samples_per_s": runs},
+        "summary": {
+            "samples_per_s_median": median,
+            "spread_percent": {k: 100 * (max(v) - min(v)) / median[k] for k, v in runs.items()},
+            "on_vs_off": ratio,
+            "study_progress_update_s": progress_s,
+            "study_progress_share_of_its_interval": progress_s / PROGRESS_EVERY_S,
+            "target": "each logger >= 0.98 of off",
+            "met": all(v >= 0.98 for v in ratio.values()),
+        },
+    }
+    path = write_result("loggers", payload)
+    print(f"{path}: {payload['summary']}")
+
+
+def progress_check_seconds() -> float:
+    """Seconds one progress.json update of the packaged small study takes (it runs in the study's own
+    process, every PROGRESS_EVERY_S seconds, never in a training process)."""
+    from clipbackdoor.plan import plan_study
+    from clipbackdoor.progress import study_progress
+    from clipbackdoor.study import load_study_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        study = load_study_config("study-fmnist", [f"output_dir={tmp}"])
+        stages = plan_study(study)
+        start = time.perf_counter()
+        study_progress(study, stages)
+        return time.perf_counter() - start
 
 
 def plain_open_clip(model_name: str, batch: int, steps: int, seed: int = 0) -> float:
@@ -184,7 +266,11 @@ def main() -> None:
         "--scale", action="store_true", help="synthetic tensors vs JPEG files (RN50 unless --model is given)"
     )
     parser.add_argument("--workers", type=int, default=2, help="--scale: DataLoader workers for the file run")
+    parser.add_argument("--loggers", action="store_true", help="TensorBoard / W&B on vs off: loggers.json")
     args = parser.parse_args()
+    if args.loggers:
+        loggers(args)
+        return
     if args.scale:
         if "--model" not in sys.argv:
             args.model = "RN50"

@@ -116,11 +116,13 @@ def remaining_seconds(stages: list[Stage], progress: list[StageProgress]) -> tup
 
 
 def _started(study_dir: Path) -> float:
-    """When the study first started (kept in progress.json across resumes), else now."""
+    """When the study first started (kept in progress.json across resumes); else when its poisoned data was
+    written (a study run by a version without progress.json); else now."""
     try:
         return float(json.loads((study_dir / "progress.json").read_text())["started"])
     except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
-        return time.time()
+        manifest = study_dir / "data" / "manifest.json"
+        return manifest.stat().st_mtime if manifest.is_file() else time.time()
 
 
 def study_progress(study: Any, stages: list[Stage]) -> dict[str, Any]:
