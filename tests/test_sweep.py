@@ -38,7 +38,9 @@ from clipbackdoor.sweep.runner import (
     budget,
     open_storage,
     requeue_lost_trials,
+    stopped_early,
     sweep_done,
+    trial_points,
 )
 from clipbackdoor.sweep.space import ParamSpec, as_overrides, grid_space
 
@@ -321,3 +323,38 @@ def test_a_trial_past_the_budget_is_pruned_not_run(tmp_path: Path) -> None:
     with pytest.raises(optuna.TrialPruned):
         worker._objective(second, started=[])
     assert not worker._budget_met_before(first)  # the first created may run
+
+
+def test_early_stopping_ends_a_hopeless_trial_and_keeps_its_epochs_as_points(poisoned: Path, tmp_path: Path) -> None:
+    """A median pruner on the selection value (asr_threshold 100: every value is CA). The first trial (lr 3e-3,
+    first in the grid's order under seed 1) runs to its end. The second (lr 1e-7, which leaves the
+    under-trained model as it is) is stopped after the first epoch at which it falls behind the first trial
+    (the median of one), its process terminated, and its epochs stay points."""
+    early_stop = {"pruner": "median", "options": {"n_startup_trials": 1}}
+    space = {"train.lr": {"low": 1e-8, "high": 1e-2, "log": True, "grid": [3e-3, 1e-7]}}
+    overrides = {**TINY_CLEANING, "train.epochs": 6}
+    config = write_sweep(tmp_path / "sweep.yaml", poisoned, space=space, early_stop=early_stop, asr_threshold=100.0,
+                         seed=1, overrides=overrides)  # fmt: skip
+    assert main(["sweep", str(config)]) == 0
+    cfg = load_sweep_config(config)
+    first, second = sorted(open_study(cfg).trials, key=lambda t: t.number)
+    assert first.params["train.lr"] == 3e-3 and first.state == TrialState.COMPLETE
+
+    def so_far(trial) -> dict[int, float]:  # the selection value after each epoch: the best CA so far
+        cleaned = [p for p in trial.user_attrs["points"] if p["epoch"] >= 1]
+        return {p["epoch"]: max(q["ca"] for q in cleaned[: i + 1]) for i, p in enumerate(cleaned)}
+
+    leader, chaser = so_far(first), so_far(second)
+    assert first.values == [leader[6]]
+    behind = next(e for e in range(1, 6) if chaser.get(e, -1) < leader[e])
+    assert second.state == TrialState.PRUNED and second.user_attrs["stopped_at"] == behind
+    assert [p["epoch"] for p in second.user_attrs["points"]] == list(range(behind + 1))
+    assert second.intermediate_values == {e: chaser[e] for e in range(1, behind + 1)}
+    assert len(trial_points(Path(second.user_attrs["run_dir"]))) < 7  # stopped before its last epoch (0..6)
+    points, _ = sweep_points(open_study(cfg))
+    assert sorted(p.epoch for p in points if p.trial == second.number) == list(range(1, behind + 1))
+    assert stopped_early(second) and not stopped_early(first)
+    out = tmp_path / "report"
+    assert main(["report", str(cfg.sweep_dir), "--out", str(out)]) == 0
+    sweeps = (out / "report.md").read_text().split("## Sweeps")[1]
+    assert f"| 2 (1) | {6 + behind} |" in sweeps  # runs (stopped early), cleaning epochs

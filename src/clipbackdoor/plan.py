@@ -77,6 +77,11 @@ class Stage:
     warnings: list[str] = field(default_factory=list)
     feed: str | None = None  # what the loader's cores deliver per process (feed.py); None for in-memory data
     where: Where | None = None  # in a study: where its progress is (progress.py)
+    stops_early: bool = False  # cleaning runs an early-stopping sweep may end before their last epoch
+
+    @property
+    def cleaning(self) -> bool:
+        return self.where is not None and bool(self.where.sweeps)
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -354,6 +359,7 @@ def _clean_stage(
         name, cfg, processes, launcher, pairs, runs=runs, at_once=at_once, bench_dirs=bench_dirs, cores=cores
     )
     stage.where = Where(sweeps=tuple((s.name, s.storage_url) for s in run_in or [sweep]))
+    stage.stops_early = sweep.early_stop is not None and run_in is None  # a seed's one setting runs to its end
     return stage
 
 
@@ -410,7 +416,7 @@ def _bytes(n: int) -> str:
 
 def format_plan(stages: list[Stage]) -> str:
     lines: list[str] = []
-    total_hours, unknown = 0.0, False
+    total_hours, unknown, cleaning_epochs = 0.0, False, 0
     for s in stages:
         lay = s.layout
         warm = f"{s.warmup_steps / s.total_steps:.1%}" if s.total_steps else "?"
@@ -434,10 +440,15 @@ def format_plan(stages: list[Stage]) -> str:
                "no measurement for this model and precision under benchmarks/results"),
         ]  # fmt: skip
         lines += [f"  data path      {s.feed}"] if s.feed else []
+        if s.cleaning:
+            cleaning_epochs += s.runs * s.epochs
+            sooner = " at most (early stopping ends hopeless runs sooner)" if s.stops_early else ""
+            lines.append(f"  cleaning cost  {s.runs} runs × {s.epochs} epochs = {s.runs * s.epochs:,} epochs{sooner}")
         lines += [f"  WARNING {w}" for w in s.warnings]
     lines.append(
         f"== total: {total_hours:,.1f} device-hours of training"
         + (" (stages without a measurement not counted)" if unknown else "")
+        + (f"; {cleaning_epochs:,} cleaning epochs" if cleaning_epochs else "")
     )
     return "\n".join(lines)
 

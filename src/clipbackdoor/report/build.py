@@ -31,7 +31,7 @@ from clipbackdoor.report.pretraining import pretraining_table
 from clipbackdoor.report.seeds import seed_table
 from clipbackdoor.report.tables import Table, format_value
 from clipbackdoor.sweep.config import load_sweep_config
-from clipbackdoor.sweep.runner import open_storage
+from clipbackdoor.sweep.runner import epochs_run, open_storage, stopped_early
 from clipbackdoor.sweep.select import Point, best_under, hypervolume, pareto_front, sweep_points
 from clipbackdoor.train.checkpoint import epoch_weights
 from clipbackdoor.train.metrics import read_records
@@ -51,8 +51,11 @@ class SweepResult:
     poisoned_run: Path
     points: list[Point]
     poisoned: Point | None
-    runs: int  # cleaning runs completed (trials that reused an identical earlier one not counted)
+    runs: int  # cleaning runs completed or stopped early (trials that reused an identical earlier one not counted)
     failed: int  # trials that failed on their own (lost and interrupted ones are retried)
+    stopped: int = 0  # runs the sweep's pruner stopped early (counted in runs)
+    epochs: int = 0  # cleaning epochs run: the sweep's cost
+    device_hours: float = 0.0  # measured: the runs' wall time x devices per run
 
 
 def load_sweep(sweep_dir: Path) -> SweepResult:
@@ -68,7 +71,9 @@ def load_sweep(sweep_dir: Path) -> SweepResult:
     run_config = Path(cfg.run) / "config.yaml"
     if not run_config.is_file():
         raise ConfigError(f"{sweep_dir}/sweep.yaml: its poisoned run {cfg.run} has no config.yaml")
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if "reused_from" not in t.user_attrs]
+    ran = [t for t in trials if t.state == TrialState.COMPLETE or stopped_early(t)]
+    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in ran if t.datetime_complete)
     return SweepResult(
         name=cfg.name,
         pretrain=objective_label(read_yaml(run_config).get("objective", {})),
@@ -76,8 +81,11 @@ def load_sweep(sweep_dir: Path) -> SweepResult:
         poisoned_run=Path(cfg.run),
         points=points,
         poisoned=poisoned,
-        runs=sum(t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs for t in trials),
+        runs=len(ran),
         failed=sum(t.state == TrialState.FAIL and "failure" in t.user_attrs for t in trials),
+        stopped=sum(map(stopped_early, ran)),
+        epochs=sum(map(epochs_run, ran)),
+        device_hours=seconds * cfg.devices_per_trial / 3600,
     )
 
 
@@ -143,10 +151,11 @@ def _tables(results: list[SweepResult], panels: list[PlanePanel], asr_threshold:
         ],
     )  # fmt: skip
     sweeps = Table(
-        ["sweep", "pre-training", "defense", "cleaning runs", "failed", "points", "hypervolume"],
+        ["sweep", "pre-training", "defense", "cleaning runs (stopped early)", "cleaning epochs", "device-hours",
+         "failed", "points", "hypervolume"],
         [
-            [r.name, r.pretrain, r.defense, str(r.runs), str(r.failed), str(len(r.points)),
-             f"{hypervolume(r.points):.3f}"]
+            [r.name, r.pretrain, r.defense, f"{r.runs} ({r.stopped})", str(r.epochs), f"{r.device_hours:.2f}",
+             str(r.failed), str(len(r.points)), f"{hypervolume(r.points):.3f}"]
             for r in results
         ],
     )  # fmt: skip

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from clipbackdoor.config import read_yaml, resolve_yaml, validate_as
 from clipbackdoor.sweep.devices import parse_devices
 from clipbackdoor.sweep.space import ParamSpec
+from clipbackdoor.sweep.stopping import EarlyStopSpec
 
 
 class SweepSpec(BaseModel):
@@ -17,13 +18,18 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sampler: Literal["grid", "tpe", "nsga2"] = "tpe"
+    sampler: Literal["grid", "tpe", "nsga2", "random"] = "tpe"
     trials: int | None = Field(None, ge=1, description="trials to complete; default: the grid's size (grid only)")
     seed: int = 0
     space: dict[str, ParamSpec] = Field(min_length=1, description="dotted config key -> range, choices, grid")
     overrides: dict[str, Any] = Field(default_factory=dict, description="fixed for every trial, e.g. train.epochs")
     population: int = Field(8, ge=2, description="NSGA-II population size")
     startup_trials: int = Field(5, ge=1, description="TPE: random trials before the model takes over")
+    early_stop: EarlyStopSpec | None = Field(
+        None,
+        description="stop hopeless cleaning runs by an Optuna pruner on the selection value (the sweep becomes "
+        "single-objective on it); null: every run goes to its last epoch",
+    )
 
 
 class SweepConfig(SweepSpec):

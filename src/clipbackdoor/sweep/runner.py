@@ -45,15 +45,18 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from clipbackdoor.config import ConfigError, save_config
+from clipbackdoor.config import ConfigError, load_config, save_config
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.devices import Slot, device_slots, resolve_devices, slot_env
 from clipbackdoor.sweep.launch import cli_command, die_with_parent
 from clipbackdoor.sweep.space import as_overrides, grid_space
+from clipbackdoor.sweep.stopping import stop_after_epoch, value_so_far
 from clipbackdoor.train.metrics import read_records
 
 DIRECTIONS = ["maximize", "minimize"]  # clean accuracy, attack success rate
 METRIC_NAMES = ["CA", "ASR"]  # the objectives' names in optuna-dashboard
+VALUE_NAME = ["selection value"]  # the one objective of a sweep with early stopping (sweep/stopping.py)
+POLL_S = 1.0  # how often a worker reads a running trial's metrics.jsonl when it may stop it
 STALE_AFTER = 3  # heartbeats missed before a running trial counts as lost
 MAX_LOST = 3  # a trial whose worker was lost this often is recorded as failed (it may be what kills them)
 REUSE_LIMIT = 5  # trials per budgeted run, at most, when a sampler keeps proposing evaluated points
@@ -92,6 +95,8 @@ def make_sampler(cfg: SweepConfig, worker_index: int = 0) -> optuna.samplers.Bas
     if cfg.sampler == "grid":
         return optuna.samplers.GridSampler(grid_space(cfg.space), seed=cfg.seed)
     seed = cfg.seed + 1000 * worker_index
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed)
     return optuna.samplers.TPESampler(
@@ -108,28 +113,34 @@ def _identity(cfg: SweepConfig) -> dict[str, str]:
         "sampler": cfg.sampler,
         "space": json.dumps(space, sort_keys=True),
         "overrides": json.dumps(cfg.overrides, sort_keys=True),
+        "early_stop": json.dumps(cfg.early_stop.model_dump() if cfg.early_stop else None, sort_keys=True),
     }
 
 
 def open_study(cfg: SweepConfig, worker_index: int = 0) -> optuna.Study:
+    stopping = cfg.early_stop is not None
     study = optuna.create_study(
         study_name=cfg.name,
         storage=open_storage(cfg.storage_url),
         sampler=make_sampler(cfg, worker_index),
-        directions=DIRECTIONS,
+        pruner=cfg.early_stop.make_pruner() if cfg.early_stop else optuna.pruners.NopPruner(),
+        directions=["maximize"] if stopping else DIRECTIONS,
         load_if_exists=True,
     )
     for key, value in _identity(cfg).items():
+        if key == "early_stop" and key not in study.user_attrs and value == "null":
+            continue  # a sweep stored before early stopping existed: it had none
         if study.user_attrs.get(key, value) != value:
             raise ConfigError(
                 f"sweep '{cfg.name}' in {cfg.storage_url} was made with {key}={study.user_attrs[key]!r}, "
                 f"not {value!r}: give the changed sweep a new name"
             )
         study.set_user_attr(key, value)
-    if study.metric_names != METRIC_NAMES:
+    names = VALUE_NAME if stopping else METRIC_NAMES
+    if study.metric_names != names:
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what optuna-dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(METRIC_NAMES)
+            study.set_metric_names(names)
     return study
 
 
@@ -142,14 +153,28 @@ def budget(cfg: SweepConfig) -> int:
     return math.prod(sizes)
 
 
+def stopped_early(t: FrozenTrial) -> bool:
+    """A cleaning run the sweep's pruner stopped: PRUNED, with the epochs it ran as points (a trial pruned by
+    the budget is PRUNED too, but never ran)."""
+    return t.state == TrialState.PRUNED and "stopped_at" in t.user_attrs
+
+
 def _counts_toward_budget(t: FrozenTrial) -> bool:
-    """Cleaning runs: finished, running, or failed on their own. Lost (retried) trials and trials that reused
-    an identical earlier trial's results do not count."""
+    """Cleaning runs: finished, stopped early, running, or failed on their own. Lost (retried) trials and
+    trials that reused an identical earlier trial's results do not count."""
     if "reused_from" in t.user_attrs:
         return False
-    return t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
-        t.state == TrialState.FAIL and "failure" in t.user_attrs
+    return (
+        t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+        or stopped_early(t)
+        or (t.state == TrialState.FAIL and "failure" in t.user_attrs)
     )
+
+
+def epochs_run(t: FrozenTrial) -> int:
+    """The cleaning epochs a trial ran (the cost a sweep counts): its last evaluated epoch; none if reused."""
+    points = t.user_attrs.get("points", [])
+    return 0 if "reused_from" in t.user_attrs or not points else max(p["epoch"] for p in points)
 
 
 def sweep_done(study: optuna.Study, cfg: SweepConfig) -> bool:
@@ -163,9 +188,9 @@ def sweep_done(study: optuna.Study, cfg: SweepConfig) -> bool:
 
 
 def completed_with(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | None:
-    """An earlier complete trial with exactly these parameters: cleaning is deterministic, so its points are
-    what this trial would measure."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    """An earlier complete (or early-stopped) trial with exactly these parameters: cleaning is deterministic,
+    so its points are what this trial would measure."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if t.params == params and "points" in t.user_attrs and "reused_from" not in t.user_attrs:
             return t
     return None
@@ -323,18 +348,20 @@ class Worker:
                     if trial.state == TrialState.FAIL and "failure" not in trial.user_attrs:
                         queue_retry(self.study, trial)
 
-    def _objective(self, trial: optuna.Trial, started: list[int], slot: Slot = ()) -> tuple[float, float]:
+    def _objective(self, trial: optuna.Trial, started: list[int], slot: Slot = ()) -> float | tuple[float, float]:
         started.append(trial._trial_id)
         if self._budget_met_before(trial):
             raise optuna.TrialPruned("the budget was met by earlier trials")
         params = {name: spec.suggest(trial, name) for name, spec in self.cfg.space.items()}
         earlier = completed_with(self.study, params)
         if earlier is not None:  # a discrete space's sampler proposed a point already run: no second run
-            for key in ("run_dir", "points", "ca", "asr", "ra"):
+            for key in ("run_dir", "points", "ca", "asr", "ra", "stopped_at"):
                 if key in earlier.user_attrs:
                     trial.set_user_attr(key, earlier.user_attrs[key])
             trial.set_user_attr("reused_from", earlier.number)
-            return tuple(earlier.values)
+            if earlier.state == TrialState.PRUNED:
+                raise optuna.TrialPruned(f"as trial {earlier.number}: stopped early")
+            return earlier.values[0] if self.cfg.early_stop else tuple(earlier.values)
         try:
             points = self._run_trial(trial, params, slot)
         except TakenOver as err:
@@ -347,10 +374,16 @@ class Worker:
                 print(f"[sweep {self.cfg.name}] trial {trial.number} failed: {err}", flush=True)
             raise
         last = points[-1]
+        stopped = f" (stopped after epoch {last['epoch']})" if "stopped_at" in trial.user_attrs else ""
         print(
-            f"[sweep {self.cfg.name}] trial {trial.number} {params}: CA {last['ca']:.2f} ASR {last['asr']:.2f}",
+            f"[sweep {self.cfg.name}] trial {trial.number} {params}: CA {last['ca']:.2f} ASR {last['asr']:.2f}"
+            + stopped,
             flush=True,
         )
+        if stopped:
+            raise optuna.TrialPruned(f"stopped after epoch {last['epoch']}")
+        if self.cfg.early_stop:
+            return value_so_far(points, self.cfg.asr_threshold)
         return last["ca"], last["asr"]
 
     def _budget_met_before(self, trial: optuna.Trial) -> bool:
@@ -388,9 +421,17 @@ class Worker:
                     command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
                 )
                 self.children.add(child)
+            stopped_at = self._watch(trial, child, run_dir) if self.cfg.early_stop else None
             code = child.wait()
             with self.lock:
                 self.children.discard(child)
+        if stopped_at is not None:
+            points = [p for p in trial_points(run_dir) if p["epoch"] <= stopped_at]
+            trial.set_user_attr("stopped_at", stopped_at)
+            trial.set_user_attr("points", points)
+            for key in ("ca", "asr", "ra"):
+                trial.set_user_attr(key, points[-1][key])
+            return points
         if code != 0:
             tail = log_path.read_text().strip().splitlines()[-1:] or [""]
             raise TrialFailed(f"exit code {code}: {tail[0]} (log: {log_path})")
@@ -405,6 +446,22 @@ class Worker:
         for key in ("ca", "asr", "ra"):  # the last epoch's numbers, as columns of optuna-dashboard's trial table
             trial.set_user_attr(key, points[-1][key])
         return points
+
+    def _watch(self, trial: optuna.Trial, child: subprocess.Popen, run_dir: Path) -> int | None:
+        """While the trial's process runs, judge each new epoch record; stop the process when the sweep's
+        pruner says so. Returns the epoch it was stopped after, or None if it ran to its end."""
+        judged, last = 0, None
+        while child.poll() is None:
+            if last is None and (run_dir / "config.yaml").is_file():  # the run writes it before training
+                last = load_config(run_dir / "config.yaml").train.epochs
+            points = [p for p in trial_points(run_dir) if p["asr"] is not None]
+            for end in range(judged + 1, len(points)):  # each epoch not judged yet, in order
+                judged, epoch = end, points[end]["epoch"]
+                if 1 <= epoch < (last or 0) and stop_after_epoch(trial, points[: end + 1], self.cfg.asr_threshold):
+                    child.terminate()  # its last epoch is never stopped: the run ends there anyway
+                    return epoch
+            self.stopping.wait(POLL_S)
+        return None
 
 
 def run_sweeps(cfgs: list[SweepConfig], threads: int = 1, worker_index: int = 0) -> list[optuna.Study]:

@@ -29,9 +29,10 @@ class Point:
 
 
 def sweep_points(study: optuna.Study) -> tuple[list[Point], Point | None]:
-    """The cleaned points (epochs >= 1) of every complete trial, and the poisoned model's point."""
+    """The cleaned points (epochs >= 1) of every complete or early-stopped trial (the epochs it ran), and the
+    poisoned model's point."""
     points, poisoned = [], None
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if "reused_from" in t.user_attrs:  # the same points as an earlier trial with these parameters
             continue
         for p in t.user_attrs.get("points", []):
