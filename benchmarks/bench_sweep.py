@@ -4,7 +4,10 @@ The cleaning problem is real: CleanCLIP cleaning of the demo's poisoned models (
 1000 clean pairs for 6 epochs, evaluated after every epoch on 2000 test images, over a grid of learning rate
 x SSL weight. Each full grid is run once with `clipbackdoor sweep` (resumable; cached under --work). The
 samplers are then replayed on that table: a trial at a grid point sees exactly the epochs the real run gave
-(cleaning on CPU is deterministic), so each sampler runs with many seeds at no extra cost.
+(cleaning on CPU is deterministic), so each sampler runs with many seeds at no extra cost. Samplers are made
+by the sweep's own `make_sampler` (its defaults); as before, they search the grid's values as ordered indices
+(a real sweep with `low`/`high` ranges draws from the whole range), one trial at a time (with many workers,
+a pruner has fewer complete runs to compare with early on).
 
 - random, tpe, nsga2: the two-objective sweep (CA up, ASR down); every run goes to its last epoch.
 - tpe+stop, random+stop: the sweep with `early_stop` (sweep/stopping.py): single-objective on the selection
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write_result
 
 from clipbackdoor.sweep import Point, SweepConfig, best_under, hypervolume, run_sweep, sweep_points
-from clipbackdoor.sweep.runner import REUSE_LIMIT
+from clipbackdoor.sweep.runner import REUSE_LIMIT, make_sampler
 from clipbackdoor.sweep.stopping import EarlyStopSpec, stop_after_epoch, value_so_far
 
 LRS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3]
@@ -48,9 +51,9 @@ EPOCHS = 6
 ASR_THRESHOLD = 5.0
 SHARE = 0.25  # of the grid's epochs: where the targets are judged
 # early-stopping settings tried on the first model; the one meeting the targets at the lowest share wins
-SETTINGS = {
-    "median": EarlyStopSpec(pruner="median", options={"n_startup_trials": 4, "n_warmup_steps": 1}),
-    "median-late": EarlyStopSpec(pruner="median", options={"n_startup_trials": 4, "n_warmup_steps": 2}),
+SETTINGS = {  # steps are epochs from 1: n_warmup_steps 2 spares epoch 1
+    "median": EarlyStopSpec(pruner="median", options={"n_startup_trials": 4}),
+    "median-from-epoch-2": EarlyStopSpec(pruner="median", options={"n_startup_trials": 4, "n_warmup_steps": 2}),
     "percentile-75": EarlyStopSpec(pruner="percentile", options={"percentile": 75.0, "n_startup_trials": 4}),
     "successive-halving": EarlyStopSpec(
         pruner="successive_halving", options={"min_resource": 1, "reduction_factor": 3}
@@ -175,15 +178,26 @@ def summarise(replays: list[dict[str, Any]], full_hv: float, best_ca: float, gri
     }
 
 
+def real_sampler(kind: str) -> Any:
+    """A sampler exactly as `clipbackdoor sweep` makes it (its defaults: TPE with 5 startup trials,
+    multivariate, constant liar; NSGA-II with a population of 8), under a seed."""
+
+    def make(seed: int) -> optuna.samplers.BaseSampler:
+        cfg = SweepConfig(name="replay", run="-", sampler=kind, seed=seed, space={"x": {"low": 0, "high": 1}})
+        return make_sampler(cfg)
+
+    return make
+
+
 def samplers(stop: EarlyStopSpec) -> dict[str, tuple[Any, EarlyStopSpec | None]]:
     grid = {"lr": list(range(len(LRS))), "ssl": list(range(len(SSL_WEIGHTS)))}
     return {
         "grid": (lambda seed: optuna.samplers.GridSampler(grid, seed=seed), None),
-        "random": (lambda seed: optuna.samplers.RandomSampler(seed=seed), None),
-        "tpe": (lambda seed: optuna.samplers.TPESampler(n_startup_trials=4, multivariate=True, seed=seed), None),
-        "nsga2": (lambda seed: optuna.samplers.NSGAIISampler(population_size=4, seed=seed), None),
-        "tpe+stop": (lambda seed: optuna.samplers.TPESampler(n_startup_trials=4, multivariate=True, seed=seed), stop),
-        "random+stop": (lambda seed: optuna.samplers.RandomSampler(seed=seed), stop),
+        "random": (real_sampler("random"), None),
+        "tpe": (real_sampler("tpe"), None),
+        "nsga2": (real_sampler("nsga2"), None),
+        "tpe+stop": (real_sampler("tpe"), stop),
+        "random+stop": (real_sampler("random"), stop),
     }
 
 

@@ -35,6 +35,7 @@ from clipbackdoor.sweep.runner import (
     TrialFailed,
     Worker,
     _exclusive,
+    _identity,
     budget,
     open_storage,
     requeue_lost_trials,
@@ -358,3 +359,22 @@ def test_early_stopping_ends_a_hopeless_trial_and_keeps_its_epochs_as_points(poi
     assert main(["report", str(cfg.sweep_dir), "--out", str(out)]) == 0
     sweeps = (out / "report.md").read_text().split("## Sweeps")[1]
     assert f"| 2 (1) | {6 + behind} |" in sweeps  # runs (stopped early), cleaning epochs
+
+
+def test_early_stop_is_part_of_a_sweeps_identity_and_needs_every_epoch(tmp_path: Path) -> None:
+    config = write_sweep(tmp_path / "sweep.yaml", tmp_path, sampler="tpe", trials=2)
+    plain = load_sweep_config(config)
+    old = optuna.create_study(study_name=plain.name, storage=open_storage(plain.storage_url), directions=DIRECTIONS)
+    for key, value in _identity(plain).items():  # a sweep stored before early_stop was part of the identity
+        if key != "early_stop":
+            old.set_user_attr(key, value)
+    stopping = load_sweep_config(config, ["early_stop={pruner: median}"])
+    with pytest.raises(ConfigError, match="was made with early_stop='null'"):  # refused, nothing written
+        open_study(stopping)
+    stored = optuna.load_study(study_name=plain.name, storage=open_storage(plain.storage_url))
+    assert "early_stop" not in stored.user_attrs
+    assert open_study(plain).user_attrs["early_stop"] == "null"  # the old sweep resumes as it was
+    with pytest.raises(ValueError, match=r"needs eval\.every_epoch true"):
+        load_sweep_config(config, ["early_stop={pruner: median}", "overrides={eval.every_epoch: false}"])
+    with pytest.raises(ValueError, match=r"do not fit optuna\.pruners\.MedianPruner"):
+        load_sweep_config(config, ["early_stop={pruner: median, options: {percentile: 50}}"])

@@ -109,11 +109,12 @@ def model_card(prov: Provenance) -> str:
         lines.append("- Attack: not recorded with the run (no `eval.attack` manifest).")
     else:
         trigger = {k: v for k, v in attack["trigger"].items() if k != "name"}
-        rate = f"{attack['poisons']:,} of {attack['rows']:,} pairs ({100 * attack['poisons'] / attack['rows']:.2f} %)"
+        rows = attack["rows"]
+        rate = f"{attack['poisons']:,} of {rows:,} pairs ({100 * attack['poisons'] / rows:.2f} %)" if rows else None
         lines += [
             f"- Attack: {attack['mode'] or 'poisoning'}, trigger `{attack['trigger']['name']}` "
             f"(`{json.dumps(trigger)}`), target `{attack['target']}`",
-            f"- Poison rate: {rate}" if attack["rows"] else f"- Poisons: {attack['poisons']:,}",
+            f"- Poison rate: {rate}" if rate else f"- Poisons: {attack['poisons']:,}",
         ]
     objective = f"`{json.dumps(prov.objective)}`" if prov.objective else "not recorded"
     defense = f"`{json.dumps(prov.defense)}`" if prov.defense else "none (the model as pre-trained)"

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -56,25 +57,32 @@ def _cleaning(stage: Stage, sweeps: tuple[tuple[str, str], ...]) -> StageProgres
     import optuna
     from optuna.trial import TrialState
 
-    from clipbackdoor.sweep.runner import open_storage
+    from clipbackdoor.sweep.runner import _counts_toward_budget
 
     done, durations = 0, []
     for name, url in sweeps:
         if url.startswith("journal:") and not Path(url.removeprefix("journal:")).is_file():
             continue  # not started: opening the storage would create its file
         try:
-            study = optuna.load_study(study_name=name, storage=open_storage(url))
+            study = optuna.load_study(study_name=name, storage=_storage(url))
         except KeyError:  # a shared storage that does not hold this sweep yet
             continue
         for t in study.get_trials(deepcopy=False):
-            if "reused_from" in t.user_attrs:
-                continue
-            if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "failure" in t.user_attrs):
+            if _counts_toward_budget(t) and t.state != TrialState.RUNNING:  # finished, stopped early or failed
                 done += 1
                 if t.datetime_start and t.datetime_complete:
                     durations.append((t.datetime_complete - t.datetime_start).total_seconds())
     rate = sum(durations) / len(durations) if durations else None
     return StageProgress(stage.name, "runs", done, stage.runs, rate, stage.at_once)
+
+
+@cache
+def _storage(url: str) -> Any:
+    """One storage per URL for the process's life: a journal is then read incrementally, and a PostgreSQL
+    study checked every 30 s does not open a new engine (and its connections) each time."""
+    from clipbackdoor.sweep.runner import open_storage
+
+    return open_storage(url)
 
 
 def stage_progress(stage: Stage) -> StageProgress:
@@ -196,9 +204,14 @@ class ProgressWriter:
         self.study, self.stages, self.log, self.every = study, stages, log, every
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.lock = threading.Lock()  # the timer thread and the study's log both update
         self.stage: str | None = None
 
     def update(self) -> None:
+        with self.lock:
+            self._update()
+
+    def _update(self) -> None:
         try:
             record = write_progress(self.study, self.stages)
         except Exception as err:  # progress is a view: it must never stop the study

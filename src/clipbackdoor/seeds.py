@@ -56,7 +56,8 @@ def seed_sweep_home(cfg: StudyConfig, sweep: SweepConfig, seed: int) -> SweepCon
 def seed_sweep(cfg: StudyConfig, sweep: SweepConfig, best: Point, seed: int) -> SweepConfig:
     """The selected setting as a one-point grid, cleaning the poisoned model pre-trained under ``seed``."""
     space = {key: ParamSpec(choices=[value]) for key, value in best.params.items()}
-    return seed_sweep_home(cfg, sweep, seed).model_copy(update={"sampler": "grid", "trials": None, "space": space})
+    update = {"sampler": "grid", "trials": None, "space": space, "early_stop": None}  # one setting: to its end
+    return seed_sweep_home(cfg, sweep, seed).model_copy(update=update)
 
 
 def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clipbackdoor.config import read_yaml, resolve_yaml, validate_as
 from clipbackdoor.sweep.devices import parse_devices
@@ -30,6 +30,12 @@ class SweepSpec(BaseModel):
         description="stop hopeless cleaning runs by an Optuna pruner on the selection value (the sweep becomes "
         "single-objective on it); null: every run goes to its last epoch",
     )
+
+    @model_validator(mode="after")
+    def _stopping_needs_every_epoch(self) -> SweepSpec:
+        if self.early_stop is not None and self.overrides.get("eval.every_epoch") is False:
+            raise ValueError("early_stop judges every epoch's evaluation: it needs eval.every_epoch true")
+        return self
 
 
 class SweepConfig(SweepSpec):

@@ -36,7 +36,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from clipbackdoor.train.metrics import read_records
 DIRECTIONS = ["maximize", "minimize"]  # clean accuracy, attack success rate
 METRIC_NAMES = ["CA", "ASR"]  # the objectives' names in optuna-dashboard
 VALUE_NAME = ["selection value"]  # the one objective of a sweep with early stopping (sweep/stopping.py)
+IDENTITY_BEFORE = {"early_stop": "null"}  # what a sweep stored before an identity key existed had
 POLL_S = 1.0  # how often a worker reads a running trial's metrics.jsonl when it may stop it
 STALE_AFTER = 3  # heartbeats missed before a running trial counts as lost
 MAX_LOST = 3  # a trial whose worker was lost this often is recorded as failed (it may be what kills them)
@@ -127,14 +128,18 @@ def open_study(cfg: SweepConfig, worker_index: int = 0) -> optuna.Study:
         directions=["maximize"] if stopping else DIRECTIONS,
         load_if_exists=True,
     )
-    for key, value in _identity(cfg).items():
-        if key == "early_stop" and key not in study.user_attrs and value == "null":
-            continue  # a sweep stored before early stopping existed: it had none
-        if study.user_attrs.get(key, value) != value:
+    identity, stored = _identity(cfg), study.user_attrs
+    for key, value in identity.items():
+        was = stored.get(key, IDENTITY_BEFORE.get(key, value) if "run" in stored else value)
+        if was != value:
             raise ConfigError(
-                f"sweep '{cfg.name}' in {cfg.storage_url} was made with {key}={study.user_attrs[key]!r}, "
-                f"not {value!r}: give the changed sweep a new name"
+                f"sweep '{cfg.name}' in {cfg.storage_url} was made with {key}={was!r}, not {value!r}: give the "
+                "changed sweep a new name"
             )
+    if len(study.directions) != (1 if stopping else 2):  # create_study(load_if_exists) keeps the stored ones
+        raise ConfigError(f"sweep '{cfg.name}' in {cfg.storage_url} has {len(study.directions)} objective(s); "
+                          "early_stop makes it 1: give the changed sweep a new name")  # fmt: skip
+    for key, value in identity.items():
         study.set_user_attr(key, value)
     names = VALUE_NAME if stopping else METRIC_NAMES
     if study.metric_names != names:
@@ -426,6 +431,8 @@ class Worker:
             with self.lock:
                 self.children.discard(child)
         if stopped_at is not None:
+            if self.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                raise TakenOver("presumed lost by another worker, whose retry of it records the results")
             points = [p for p in trial_points(run_dir) if p["epoch"] <= stopped_at]
             trial.set_user_attr("stopped_at", stopped_at)
             trial.set_user_attr("points", points)
@@ -449,18 +456,36 @@ class Worker:
 
     def _watch(self, trial: optuna.Trial, child: subprocess.Popen, run_dir: Path) -> int | None:
         """While the trial's process runs, judge each new epoch record; stop the process when the sweep's
-        pruner says so. Returns the epoch it was stopped after, or None if it ran to its end."""
+        pruner says so. Returns the epoch it was stopped after, or None if it ran to its end (or another
+        worker took the trial over: then the caller finds it no longer RUNNING)."""
         judged, last = 0, None
         while child.poll() is None:
-            if last is None and (run_dir / "config.yaml").is_file():  # the run writes it before training
-                last = load_config(run_dir / "config.yaml").train.epochs
-            points = [p for p in trial_points(run_dir) if p["asr"] is not None]
+            last = last or _planned_epochs(run_dir)
+            points = [p for p in trial_points(run_dir) if p["asr"] is not None] if last else []
             for end in range(judged + 1, len(points)):  # each epoch not judged yet, in order
-                judged, epoch = end, points[end]["epoch"]
-                if 1 <= epoch < (last or 0) and stop_after_epoch(trial, points[: end + 1], self.cfg.asr_threshold):
+                epoch = points[end]["epoch"]
+                try:
+                    stop = 1 <= epoch < last and stop_after_epoch(trial, points[: end + 1], self.cfg.asr_threshold)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    child.wait()  # presumed lost and retried elsewhere: let it end, judge nothing more
+                    return None
+                except Exception as err:  # a storage hiccup: judge this epoch again at the next poll
+                    print(f"trial {trial.number}: epoch {epoch} not judged yet ({err!r})", flush=True)
+                    break
+                judged = end
+                if stop:
                     child.terminate()  # its last epoch is never stopped: the run ends there anyway
                     return epoch
-            self.stopping.wait(POLL_S)
+            with suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=POLL_S)
+        return None
+
+
+def _planned_epochs(run_dir: Path) -> int | None:
+    """The epochs a trial's run was configured with, once its config.yaml is readable (None before)."""
+    try:
+        return load_config(run_dir / "config.yaml").train.epochs
+    except Exception:  # not written yet, or caught half-written: read it again at the next poll
         return None
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
@@ -49,13 +49,17 @@ class EarlyStopSpec(BaseModel):
         description="the pruner's keyword arguments, e.g. {n_startup_trials: 4, n_warmup_steps: 1} (median)",
     )
 
+    @model_validator(mode="after")
+    def _options_fit_the_pruner(self) -> EarlyStopSpec:
+        self.make_pruner()
+        return self
+
     def make_pruner(self) -> optuna.pruners.BasePruner:
+        pruner = PRUNERS[self.pruner]
         try:
-            return PRUNERS[self.pruner](**self.options)
-        except TypeError as err:
-            raise ValueError(
-                f"early_stop.options: {err} (the arguments of optuna.pruners.{PRUNERS[self.pruner].__name__})"
-            ) from None
+            return pruner(**self.options)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"options {self.options} do not fit optuna.pruners.{pruner.__name__}: {err}") from None
 
 
 def selection_value(ca: float, asr: float, asr_threshold: float) -> float:
