@@ -66,6 +66,7 @@ def test_other_seeds_rerun_pretraining_and_the_selected_setting(fmnist_root: Pat
     assert main(["report", str(root), "--out", str(tmp_path / "again")]) == 0
     again = (tmp_path / "again" / "report.md").read_text()
     assert again[again.index("## Spread over training seeds") :].split("\n## ")[0] == section
+    assert again[again.index("## Pre-trained on the poisoned data") :].split("\n## ")[0] == pretrained
 
 
 def test_plan_lists_the_seed_stages_in_the_order_the_study_runs_them(fmnist_root: Path, tmp_path: Path) -> None:

@@ -184,6 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _command_line(args),
         seeds=seeds,
         filtering=filtering,
+        pretrained=pretrained,
     )
     _print_best_table(report)
     print(f"report: {report} and {report.with_suffix('.html')}")
