@@ -11,7 +11,7 @@ SUDO    := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
 
 .PHONY: install system-data demo test test-slow lint format bench clean
 
-install: $(STAMP) $(CB_STAMP) system-data
+install: $(STAMP) system-data
 
 # Python side: a venv with the pinned torch/torchvision (installed first so pip takes the local wheels),
 # then the package with its dev extras.
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# CLIP_benchmark, which a test runs on an exported checkpoint, in its own venv layered on ours (a .pth file
+# CLIP_benchmark, which a slow test runs on an exported checkpoint, in its own venv layered on ours (a .pth file
 # adds our site-packages after its own): installed into ours, its transformers would be imported by
 # open_clip in every one of our processes, about 1.5 s of CPU each.
 $(CB_STAMP): $(STAMP)
@@ -52,7 +52,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: install $(CB_STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)

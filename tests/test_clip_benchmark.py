@@ -61,7 +61,7 @@ convert_dataset(EvalImages(dataset), "test", sys.argv[2], transform=PIL_to_bytes
 @pytest.mark.slow  # two CLIP_benchmark processes (about a minute): make test-slow, with the other end-to-end checks
 def test_clip_benchmark_evaluates_the_hub_export_in_the_schema_we_write(poisoned: Path, tmp_path: Path) -> None:
     if not CLIP_BENCHMARK_PYTHON.is_file():
-        pytest.skip(f"no {CLIP_BENCHMARK_PYTHON}: `make install` builds CLIP_benchmark's venv")
+        pytest.skip(f"no {CLIP_BENCHMARK_PYTHON}: `make test-slow` builds CLIP_benchmark's venv")
     hub = tmp_path / "hub"
     assert main(["export", str(poisoned), str(hub), "--hf"]) == 0
     wds_root = tmp_path / "wds" / "fmnist"
