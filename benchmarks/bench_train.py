@@ -170,11 +170,11 @@ def progress_check_seconds(study_dir: Path) -> float | None:
     without that study."""
     from clipbackdoor.plan import plan_study
     from clipbackdoor.progress import study_progress
-    from clipbackdoor.study import load_study_config
+    from clipbackdoor.study import load_study_dir
 
     if not (study_dir / "study.yaml").is_file():
         return None
-    study = load_study_config(study_dir / "study.yaml", [f"output_dir={study_dir.parent}", f"name={study_dir.name}"])
+    study = load_study_dir(study_dir)
     stages = plan_study(study)
     start = time.perf_counter()
     study_progress(study, stages)

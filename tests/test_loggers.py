@@ -31,21 +31,27 @@ def _events(run: Path) -> EventAccumulator:
     return events
 
 
-def test_tensorboard_holds_the_records_of_metrics_jsonl_and_a_resume_repeats_no_step(
-    fmnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cfg = load_config("demo", tiny_overrides(fmnist_root, tmp_path, **{"train.epochs": 3, "log.tensorboard": True}))
+def fit_killed_mid_epoch_three(cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``fit(cfg)`` and kill it at a step of epoch 3: after epoch 2's checkpoint, with records past it
+    already given to the loggers, as a crash would."""
     real_append = MetricsLog.append
 
-    def crash_mid_epoch_three(self, record):  # after epoch 2's checkpoint, a step of epoch 3 already logged
+    def crash_mid_epoch_three(self, record):
         real_append(self, record)
         if record["kind"] == "step" and record["epoch"] == 3:
             raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(MetricsLog, "append", crash_mid_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg)
-    monkeypatch.setattr(MetricsLog, "append", real_append)
+    with monkeypatch.context() as patch:
+        patch.setattr(MetricsLog, "append", crash_mid_epoch_three)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg)
+
+
+def test_tensorboard_holds_the_records_of_metrics_jsonl_and_a_resume_repeats_no_step(
+    fmnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_config("demo", tiny_overrides(fmnist_root, tmp_path, **{"train.epochs": 3, "log.tensorboard": True}))
+    fit_killed_mid_epoch_three(cfg, monkeypatch)
     assert max(e.step for e in _events(cfg.run_dir).Scalars("train/loss")) == 10  # logged past the checkpoint
     fit(cfg)  # resumed from epoch 2: the same event files continue, step 10 purged and logged again
     records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -128,18 +134,8 @@ def test_wandb_holds_the_records_of_metrics_jsonl_once_and_a_resume_continues_it
 ) -> None:
     wandb_cfg = "{project: test, mode: offline}"
     cfg = load_config("demo", tiny_overrides(fmnist_root, tmp_path, **{"train.epochs": 3, "log.wandb": wandb_cfg}))
-    real_append = MetricsLog.append
-
-    def crash_mid_epoch_three(self, record):  # after epoch 2's checkpoint, a step of epoch 3 already logged
-        real_append(self, record)
-        if record["kind"] == "step" and record["epoch"] == 3:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(MetricsLog, "append", crash_mid_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg)
+    fit_killed_mid_epoch_three(cfg, monkeypatch)
     wandb.teardown()  # what the killed process's exit does: W&B closes the run's file
-    monkeypatch.setattr(MetricsLog, "append", real_append)
     fit(cfg)  # resumed from epoch 2: the same W&B run continues, in a second offline run file
 
     first, second = (_wandb_run(f) for f in sorted((cfg.run_dir / "wandb").glob("offline-run-*/run-*.wandb")))

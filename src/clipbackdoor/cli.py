@@ -93,12 +93,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     """A study's progress read from its directory and storage: works from any shell or machine that sees them."""
     from clipbackdoor.plan import plan_study
     from clipbackdoor.progress import format_progress, study_progress
-    from clipbackdoor.study import load_study_config
+    from clipbackdoor.study import load_study_dir
 
-    study_dir = Path(args.study_dir)
-    if not (study_dir / "study.yaml").is_file():
-        raise ConfigError(f"{study_dir}: no study.yaml; is it a study directory (runs/<name>)?")
-    cfg = load_study_config(study_dir / "study.yaml", [f"output_dir={study_dir.parent}", f"name={study_dir.name}"])
+    cfg = load_study_dir(args.study_dir)
     record = study_progress(cfg, plan_study(cfg))
     print(json.dumps(record, indent=1) if args.json else format_progress(record))
     return 0

@@ -57,7 +57,7 @@ def _cleaning(stage: Stage, sweeps: tuple[tuple[str, str], ...]) -> StageProgres
     import optuna
     from optuna.trial import TrialState
 
-    from clipbackdoor.sweep.runner import _counts_toward_budget
+    from clipbackdoor.sweep.runner import counts_toward_budget
 
     done, durations = 0, []
     for name, url in sweeps:
@@ -68,7 +68,7 @@ def _cleaning(stage: Stage, sweeps: tuple[tuple[str, str], ...]) -> StageProgres
         except KeyError:  # a shared storage that does not hold this sweep yet
             continue
         for t in study.get_trials(deepcopy=False):
-            if _counts_toward_budget(t) and t.state != TrialState.RUNNING:  # finished, stopped early or failed
+            if counts_toward_budget(t) and t.state != TrialState.RUNNING:  # finished, stopped early or failed
                 done += 1
                 if t.datetime_start and t.datetime_complete:
                     durations.append((t.datetime_complete - t.datetime_start).total_seconds())
@@ -138,7 +138,8 @@ def study_progress(study: Any, stages: list[Stage]) -> dict[str, Any]:
     study_dir = study.study_dir
     progress = [stage_progress(s) for s in stages]
     poisoned = (study_dir / "data" / "manifest.json").is_file()
-    reported = (study_dir / "report" / "report.md").is_file()
+    report = study_dir / "report" / "report.md"
+    reported = report.is_file()
     current = next((i for i, p in enumerate(progress) if not p.finished), None)
     if not poisoned:
         stage = "poison"
@@ -151,12 +152,13 @@ def study_progress(study: Any, stages: list[Stage]) -> dict[str, Any]:
         stage = "report" if not reported else "done"
     left, unknown = remaining_seconds(stages, progress)
     started = _started(study_dir)
+    ended = report.stat().st_mtime if stage == "done" else time.time()  # a done study's clock stops at its report
     return {
         "study": study.name,
         "stage": stage,
         "started": started,
         "updated": time.time(),
-        "elapsed_s": time.time() - started,
+        "elapsed_s": ended - started,
         "eta_s": left,
         "eta_excludes": unknown,
         "poisoned": poisoned,

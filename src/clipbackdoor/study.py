@@ -150,6 +150,15 @@ def load_study_config(source: str | Path, overrides: list[str] | None = None) ->
     return validate_as(StudyConfig, read_yaml(path), list(overrides or []), str(path))
 
 
+def load_study_dir(study_dir: str | Path) -> StudyConfig:
+    """The study a directory holds (its saved study.yaml), placed where the directory is now: a study read
+    from another machine's mount, or moved, finds its runs and journals there."""
+    study_dir = Path(study_dir)
+    if not (study_dir / "study.yaml").is_file():
+        raise ConfigError(f"{study_dir}: no study.yaml; is it a study directory (runs/<name>)?")
+    return load_study_config(study_dir / "study.yaml", [f"output_dir={study_dir.parent}", f"name={study_dir.name}"])
+
+
 def stage_overrides(cfg: StudyConfig) -> list[str]:
     """The base config's overrides, with the poisoned data (and what reads it) moved into the study dir.
 

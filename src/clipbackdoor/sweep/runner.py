@@ -164,7 +164,7 @@ def stopped_early(t: FrozenTrial) -> bool:
     return t.state == TrialState.PRUNED and "stopped_at" in t.user_attrs
 
 
-def _counts_toward_budget(t: FrozenTrial) -> bool:
+def counts_toward_budget(t: FrozenTrial) -> bool:
     """Cleaning runs: finished, stopped early, running, or failed on their own. Lost (retried) trials and
     trials that reused an identical earlier trial's results do not count."""
     if "reused_from" in t.user_attrs:
@@ -188,7 +188,7 @@ def sweep_done(study: optuna.Study, cfg: SweepConfig) -> bool:
         return False
     if cfg.sampler == "grid" and study.sampler.is_exhausted(study):
         return True
-    runs = sum(map(_counts_toward_budget, trials))
+    runs = sum(map(counts_toward_budget, trials))
     return runs >= budget(cfg) or len(trials) >= REUSE_LIMIT * budget(cfg)  # a sampler stuck on known points
 
 
@@ -396,7 +396,7 @@ class Worker:
         run; only the lowest-numbered ones run, the rest are pruned (pruned trials do not count). A grid too:
         with more workers than points left, Optuna's GridSampler hands out a point that is still running."""
         trials = self.study.get_trials(deepcopy=False)
-        return sum(t.number < trial.number and _counts_toward_budget(t) for t in trials) >= budget(self.cfg)
+        return sum(t.number < trial.number and counts_toward_budget(t) for t in trials) >= budget(self.cfg)
 
     def _run_trial(self, trial: optuna.Trial, params: dict[str, Any], slot: Slot = ()) -> list[dict[str, Any]]:
         cfg = self.cfg
