@@ -88,7 +88,16 @@ def test_every_shipped_config_validates() -> None:
 
     folder = builtin_config_path("demo").parent
     names = sorted(p.stem for p in folder.glob("*.yaml"))
-    assert {"demo", "cc3m", "cc6m", "study-demo", "study-fmnist", "study-cc3m", "study-cc6m"} <= set(names)
+    assert {
+        "demo",
+        "cc3m",
+        "cc6m",
+        "study-demo",
+        "study-fmnist",
+        "study-cc3m",
+        "study-cc3m-extended",
+        "study-cc6m",
+    } <= set(names)
     for name in names:
         if name.startswith("study-"):
             study = load_study_config(name)

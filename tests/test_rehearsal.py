@@ -1,15 +1,21 @@
-"""A dress rehearsal of the paper's study: `clipbackdoor study configs/study-cc3m.yaml` itself, in miniature.
+"""A dress rehearsal of the paper's study: `clipbackdoor study configs/study-cc3m-extended.yaml` itself (the
+CC3M study, read from study-cc3m.yaml, with robust pre-training and the detection stage), in miniature.
 
 Only what must change to fit a 2-core machine is overridden: data paths (synthetic web-like JPEG shards and an
 ImageNet-layout eval folder), dataset sizes, epochs and grid size, the model (tiny-rn) and image size, the
 process count (2) and DataLoader workers (2), warm-up steps scaled to keep the recipe's share, and a subset of
-the eval classes and templates. Everything else is the shipped recipe: the global batch (2048, 1024 for
-MMCL+SSL) with its per-forward micro-batch (accumulated exactly over 2 ranks), the objectives, the BadNet
-trigger, target and mode, the torchrun launcher, the defenses and their single-device cleaning batches, the
-ImageNet eval with ASR every epoch, the selection rule. Poisoning goes from shards to shards.
+the eval classes and templates. The robust regimes' phases are epochs, so they shrink with the epochs: RoCLIP
+keeps its period (2) and runs 4 epochs, the second matching epoch being the first with a filled pool (one step
+per epoch here); SafeCLIP's warm-ups become 1 + 1 epochs of 3, one split epoch.
 
-CI runs the CC3M miniature; `make test-slow` adds CC6M's on the same generated data, and both at a larger scale,
-with more epochs and an interruption between stages.
+Everything else is the shipped recipe: the global batch (2048, 1024 for MMCL+SSL) with its per-forward
+micro-batch (accumulated exactly over 2 ranks), the objectives, the BadNet trigger, target and mode, the torchrun
+launcher, the defenses and their single-device cleaning batches, the ImageNet eval with ASR every epoch, the
+selection rule, the detectors and the share of pairs filtered. Poisoning goes from shards to shards.
+
+CI runs the extended CC3M miniature (every stanza of study-cc3m.yaml, and the axes beyond it); `make test-slow`
+adds study-cc3m and study-cc6m on the same generated data, and both at a larger scale, with more epochs and an
+interruption between stages.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import pytest
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import load_config, read_yaml, resolve_yaml
+from clipbackdoor.study import read_study_tree
 from clipbackdoor.synth import SynthManifest, synthesize
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of a {}."]
@@ -33,7 +40,7 @@ SCALES = {"ci": (2048 + 48, 1, 256, 30), "slow": (2 * 2048 + 64, 3, 640, 200)}
 
 
 def _recipe(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    study = read_yaml(resolve_yaml(name))
+    study = read_study_tree(name)
     return study, read_yaml(resolve_yaml(study["base"]))
 
 
@@ -72,8 +79,10 @@ def rehearsal_overrides(name: str, data: SynthManifest, out: Path, scale: str) -
     ]
     for tag, spec in study["pretrain"].items():
         o = spec["overrides"]
-        recipe_share = base["train"]["warmup_steps"] / ((full_pairs // o["train.batch_size"]) * base["train"]["epochs"])
-        warmup = _warmup(pairs, o["train.batch_size"], epochs, recipe_share)
+        tag_epochs = _phase_epochs(tag, o, epochs, args)
+        recipe = _recipe_train(o, base)
+        recipe_share = recipe["warmup_steps"] / ((full_pairs // recipe["batch_size"]) * recipe["epochs"])
+        warmup = _warmup(pairs, recipe["batch_size"], tag_epochs, recipe_share)
         args.append(f"pretrain.{tag}.overrides.train\\.warmup_steps={warmup}")
     for defense, spec in study["defenses"].items():
         args.append(f"defenses.{defense}.overrides={{train.epochs: {1 if scale == 'ci' else 2}, train.keep_last: 1, "
@@ -81,6 +90,26 @@ def rehearsal_overrides(name: str, data: SynthManifest, out: Path, scale: str) -
         for key, param in spec["space"].items():
             args.append(f"defenses.{defense}.space.{key.replace('.', chr(92) + '.')}.grid=[{param['grid'][-3]}]")
     return args
+
+
+def _recipe_train(spec: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """A pre-training's batch, epochs and warm-up in the recipe: its own overrides, else the base's."""
+    return {key: spec.get(f"train.{key}", base["train"][key]) for key in ("batch_size", "epochs", "warmup_steps")}
+
+
+def _phase_epochs(tag: str, spec: dict[str, Any], epochs: int, args: list[str]) -> int:
+    """The miniature's epochs of pre-training ``tag``, appending the overrides that set them: the scale's, or
+    what a robust regime's phases need (see the module's docstring)."""
+    objective, own = spec.get("objective", {}), "train.epochs" in spec
+    if "roclip" in objective:
+        epochs, own = 2 * objective["roclip"]["period"], True
+    elif "safeclip" in objective:
+        for phase in ("inmodal_warmup", "multimodal_warmup"):
+            args.append(f"pretrain.{tag}.overrides.objective.safeclip.{phase}=1")
+        epochs, own = 3, True
+    if own:  # a pre-training's own epochs beat the study-wide override
+        args.append(f"pretrain.{tag}.overrides.train\\.epochs={epochs}")
+    return epochs
 
 
 def _synth(root: Path, scale: str) -> SynthManifest:
@@ -101,9 +130,9 @@ def rehearse(
     args = rehearsal_overrides(name, data, out, scale)
     assert main(["study", name, *args]) == 0
     printed = capsys.readouterr().out
-    study_dir = out / read_yaml(resolve_yaml(name))["name"]
-    manifest = json.loads((study_dir / "data" / "manifest.json").read_text())
     study, base = _recipe(name)
+    study_dir = out / study["name"]
+    manifest = json.loads((study_dir / "data" / "manifest.json").read_text())
 
     # poisoning from shards to shards; clean samples keep their JPEG bytes; empty captions dropped and counted
     assert manifest["files"]["shards"].startswith("shards/")
@@ -132,15 +161,17 @@ def rehearse(
         block = printed[printed.index(f"== pre-train {tag}") :]
         assert re.search(rf"steps\s+{steps:,} per epoch", block.split("\n==")[0]), block[:400]
         # the warm-up keeps the recipe's share (to one step)
-        full = base["poison"]["source"]["expected_pairs"]
-        share = base["train"]["warmup_steps"] / ((full // batch) * base["train"]["epochs"])
+        full, recipe = base["poison"]["source"]["expected_pairs"], _recipe_train(spec, base)
+        share = recipe["warmup_steps"] / ((full // batch) * recipe["epochs"])
         total = steps * cfg.train.epochs
         assert abs(cfg.train.warmup_steps / total - share) <= 1 / total
         # corrupt images reached training and were replaced and counted, not fatal
         assert last["data/bad_rows"] == len(data.corrupt) - skipped
+        _check_regime(spec.get("objective", {}), epochs)
     # every cleaning trial: a single-device run at the recipe's batch, on its own device slot
     trials = sorted((study_dir / "sweeps").glob("*/trials/trial-*.log"))
-    assert len(trials) == len(study["pretrain"]) * len(study["defenses"])
+    cleaned = [tag for tag, spec in study["pretrain"].items() if spec.get("clean", True)]
+    assert len(trials) == len(cleaned) * len(study["defenses"])
     for log in trials:
         slot = re.search(r"CUDA_VISIBLE_DEVICES=(\S*)", log.read_text())
         assert slot and slot.group(1) in {"0", "1"}, log
@@ -150,7 +181,41 @@ def rehearse(
         assert record["batch/global_batch"] == (128 if defense == "mmcl-only" else 64)
     report = (study_dir / "report" / "report.md").read_text()
     assert "| MMCL |" in report and "| MMCL+SSL |" in report
+    if "filter" in study:
+        _check_filtering(study, study_dir, manifest, report, unreadable=len(data.corrupt) - skipped)
     return study_dir, args
+
+
+def _check_regime(objective: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
+    """A robust regime's mechanism ran, not just its name: RoCLIP matched against a filled pool in its second
+    matching epoch (and fell back to its own captions while the pool was empty); SafeCLIP split the pairs."""
+    if "roclip" in objective:
+        pooled = {r["epoch"]: r["train/roclip/pooled"] for r in epochs if r["epoch"] > 0}
+        period = objective["roclip"]["period"]
+        assert pooled[period] == 0.0 and pooled[2 * period] == 1.0, pooled
+    if "safeclip" in objective:
+        assert 0.0 < epochs[-1]["safeclip/safe_share"] <= 1.0 and "safeclip/safe_share" not in epochs[-2]
+
+
+def _check_filtering(
+    study: dict[str, Any], study_dir: Path, manifest: dict[str, Any], report: str, unreadable: int
+) -> None:
+    """Every scored model: one score per readable pair with an AUROC per detector, the recipe's share of the
+    pairs dropped, and a model pre-trained again on what was left."""
+    spec = study["filter"]
+    entries = {e["tag"]: e for e in json.loads((study_dir / "filter" / "filter.json").read_text())}
+    assert sorted(entries) == sorted(spec["pretrain"])
+    for tag, entry in entries.items():
+        assert entry["scored"] == manifest["num_rows"] - unreadable
+        assert entry["poisons"] == len(manifest["poison_rows"])
+        assert entry["dropped"] == round(entry["scored"] * spec["drop_percent"] / 100)
+        assert entry["filtered"]["pairs"] == entry["scored"] - entry["dropped"]  # unscored rows are dropped too
+        assert {f"image_{d}" for d in ("kdist", "lid", "slof", "dao")} <= set(entry["detection"])
+        assert all(0.0 <= m["auroc"] <= 1.0 for m in entry["detection"].values())
+        retrained = study_dir / "pretrain" / f"{tag}-filtered"
+        assert (retrained / "checkpoints" / "latest.json").is_file()
+        assert any(r["kind"] == "epoch" and r["epoch"] >= 1 for r in _records(retrained))
+    assert "## Detection by the poisoned model" in report and "## Detect, filter, pre-train again" in report
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +224,13 @@ def ci_web_data(tmp_path_factory: pytest.TempPathFactory) -> SynthManifest:
     return _synth(tmp_path_factory.mktemp("web"), "ci")
 
 
-# CC6M differs from CC3M in its poisoning and cleaning sizes only; with both, CI's rehearsal takes ~210 s of the
-# ~8 minutes `make test` may take on 2 cores, so CI runs CC3M and `make test-slow` both (on the shared data)
-@pytest.mark.parametrize("name", ["study-cc3m", pytest.param("study-cc6m", marks=pytest.mark.slow)])
+# CI's ~8 minutes of `make test` on 2 cores hold one rehearsal: the extended CC3M study, which runs every stanza of
+# study-cc3m.yaml (it extends that file) and the axes beyond it; study-cc3m alone, and CC6M (which differs in
+# poisoning and cleaning sizes only), run in `make test-slow` on the same generated data
+@pytest.mark.parametrize(
+    "name",
+    ["study-cc3m-extended", *(pytest.param(n, marks=pytest.mark.slow) for n in ("study-cc3m", "study-cc6m"))],
+)
 def test_rehearsal_of_the_shipped_study(
     name: str, ci_web_data: SynthManifest, tmp_path: Path, capsys, monkeypatch
 ) -> None:

@@ -82,3 +82,34 @@ def test_pretraining_runs_under_its_launcher_once_and_is_read_back_after(
     assert "finished earlier" in capsys.readouterr().out
     assert len(launched(pretrained)) == 1 and len(launched(cleaned)) == 1
     assert metrics.read_text() == before
+
+
+def test_a_study_that_extends_another_runs_its_stanzas_and_adds_its_own(tmp_path: Path) -> None:
+    parent = write_study(tmp_path / "parent.yaml", tmp_path)
+    roclip = {"overrides": {"objective": {"roclip": 1.0}}, "clean": False}
+    (tmp_path / "child.yaml").write_text(
+        yaml.safe_dump({"name": "child", "extends": "parent", "pretrain": {"roclip": roclip}})
+    )
+    child, base = load_study_config(tmp_path / "child.yaml"), load_study_config(parent)
+    assert child.name == "child" and list(child.pretrain) == ["mmcl", "roclip"]  # mappings gain entries
+    assert child.pretrain["mmcl"] == base.pretrain["mmcl"] and child.defenses == base.defenses
+    assert child.overrides == base.overrides and not child.pretrain["roclip"].clean
+    # the shipped extension: every stanza of the paper's study, read from its file, and the two new axes
+    extended, paper = load_study_config("study-cc3m-extended"), load_study_config("study-cc3m")
+    assert {t: extended.pretrain[t] for t in paper.pretrain} == paper.pretrain and extended.defenses == paper.defenses
+    assert set(extended.pretrain) - set(paper.pretrain) == {"roclip", "safeclip"} and extended.filter is not None
+
+
+@pytest.mark.parametrize(
+    ("child", "message"),
+    [
+        ({"name": "a", "extends": "b"}, r"extends 'b'.*'extends' loops back"),
+        ({"name": "a", "extends": "nowhere"}, r"a\.yaml: extends 'nowhere': config 'nowhere' is neither"),
+        ({"name": "a", "extends": ["b"]}, r"a\.yaml: 'extends' names one study"),
+    ],
+)
+def test_a_bad_extends_names_the_file_and_the_reason(tmp_path: Path, child: dict, message: str) -> None:
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"name": "b", "extends": "a"}))
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(child))
+    with pytest.raises(ConfigError, match=message):
+        load_study_config(tmp_path / "a.yaml")

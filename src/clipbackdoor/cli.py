@@ -77,11 +77,10 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from clipbackdoor.config import read_yaml, resolve_yaml
     from clipbackdoor.plan import format_plan, is_study, plan_experiment, plan_study
-    from clipbackdoor.study import load_study_config
+    from clipbackdoor.study import load_study_config, read_study_tree
 
-    if is_study(read_yaml(resolve_yaml(args.config))):
+    if is_study(read_study_tree(args.config)):
         stages = plan_study(load_study_config(args.config, args.overrides), args.gpus, cores=args.cores)
     else:
         stages = plan_experiment(load_config(args.config, args.overrides), args.gpus or 1, cores=args.cores)

@@ -23,6 +23,7 @@ from clipbackdoor.config import (
     ConfigError,
     ExperimentConfig,
     load_config,
+    merge_trees,
     read_yaml,
     resolve_yaml,
     save_config,
@@ -145,9 +146,30 @@ class StudyConfig(BaseModel):
         return Path(self.output_dir) / self.name
 
 
+def read_study_tree(source: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A study file's tree with its ``extends`` resolved: the named study (a file beside it, a path or a built-in
+    name) read first, this file's keys merged over it (mappings such as ``pretrain`` gain entries; anything
+    else is replaced). So a recipe that adds axes to the paper's study runs that study's stanzas, not a copy."""
+    path = resolve_yaml(source)
+    if path.resolve() in _chain:
+        raise ConfigError(f"{path}: 'extends' loops back to it ({' -> '.join(str(p) for p in (*_chain, path))})")
+    tree = read_yaml(path)
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' names one study (a file or built-in name), got {parent!r}")
+    beside = [c for c in (path.parent / parent, path.parent / f"{parent}.yaml") if c.is_file()]
+    try:
+        parent_tree = read_study_tree(beside[0] if beside else parent, (*_chain, path.resolve()))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: extends {parent!r}: {err}") from None
+    return merge_trees(parent_tree, tree)
+
+
 def load_study_config(source: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     path = resolve_yaml(source)
-    return validate_as(StudyConfig, read_yaml(path), list(overrides or []), str(path))
+    return validate_as(StudyConfig, read_study_tree(path), list(overrides or []), str(path))
 
 
 def load_study_dir(study_dir: str | Path) -> StudyConfig:
