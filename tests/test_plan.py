@@ -52,6 +52,27 @@ def test_plan_of_the_cc3m_study_matches_the_paper(gpus: int) -> None:
     assert clean["clean mmcl--cleanclip"].runs == 32 and clean["clean mmcl--ssl-only"].runs == 11
 
 
+@pytest.mark.parametrize("gpus", [8, 2])
+def test_plan_of_the_extended_cc3m_study_keeps_the_regimes_recipes(gpus: int) -> None:
+    """The robust regimes at their reference codes' batch, epochs and warm-up on any GPU count; the filtered
+    re-trainings after the paper's stages; the paper's stages as study-cc3m plans them."""
+    stages = {s.name: s for s in plan_study(load_study_config("study-cc3m-extended"), gpus=gpus)}
+    paper = {s.name: s for s in plan_study(load_study_config("study-cc3m"), gpus=gpus)}
+
+    def shape(stage) -> tuple:  # what the run does (its directory differs: another study's)
+        return stage.processes, stage.layout, stage.pairs.n, stage.epochs, stage.warmup_steps, stage.runs
+
+    assert all(shape(stages[name]) == shape(stage) for name, stage in paper.items())
+    roclip, safeclip = stages["pre-train roclip"], stages["pre-train safeclip"]
+    assert (roclip.layout.global_batch, roclip.layout.micro_batch, roclip.epochs) == (2048, 256, 24)
+    assert (safeclip.layout.global_batch, safeclip.layout.micro_batch, safeclip.epochs) == (1024, 128, 32)
+    assert roclip.total_steps == (CC3M_PAIRS // 2048) * 24 and roclip.warmup_steps == safeclip.warmup_steps == 10_000
+    assert not any(name.startswith("clean roclip") or name.startswith("clean safeclip") for name in stages)
+    filtered = [name for name in stages if name.startswith("detect with")]
+    assert filtered == list(stages)[-2:] and len(filtered) == 2
+    assert stages[filtered[0]].pairs.n == CC3M_PAIRS - round(CC3M_PAIRS / 100)
+
+
 def test_cc6m_cleans_on_200k_pairs_for_10_epochs() -> None:
     stages = plan_study(load_study_config("study-cc6m"), gpus=8)
     for stage in stages:

@@ -1,21 +1,23 @@
-"""A dress rehearsal of the paper's study: `clipbackdoor study configs/study-cc3m-extended.yaml` itself (the
-CC3M study, read from study-cc3m.yaml, with robust pre-training and the detection stage), in miniature.
+"""A dress rehearsal of the paper's study: `clipbackdoor study configs/study-cc3m.yaml` itself, in miniature, and of
+`configs/study-cc3m-extended.yaml` (the same study, read from that file, with robust pre-training and the
+detection stage).
 
 Only what must change to fit a 2-core machine is overridden: data paths (synthetic web-like JPEG shards and an
 ImageNet-layout eval folder), dataset sizes, epochs and grid size, the model (tiny-rn) and image size, the
 process count (2) and DataLoader workers (2), warm-up steps scaled to keep the recipe's share, and a subset of
 the eval classes and templates. The robust regimes' phases are epochs, so they shrink with the epochs: RoCLIP
-keeps its period (2) and runs 4 epochs, the second matching epoch being the first with a filled pool (one step
-per epoch here); SafeCLIP's warm-ups become 1 + 1 epochs of 3, one split epoch.
+keeps its period (2) and runs 2 one-step epochs, so its one matching epoch fills the pool with both ranks'
+captions (that matching against the pool equals one process's is tests/test_distributed.py's); SafeCLIP's
+warm-ups become 0 + 1 epochs of 2, so it splits once (its in-modal loss runs in MMCL+SSL's pre-training).
 
 Everything else is the shipped recipe: the global batch (2048, 1024 for MMCL+SSL) with its per-forward
 micro-batch (accumulated exactly over 2 ranks), the objectives, the BadNet trigger, target and mode, the torchrun
 launcher, the defenses and their single-device cleaning batches, the ImageNet eval with ASR every epoch, the
 selection rule, the detectors and the share of pairs filtered. Poisoning goes from shards to shards.
 
-CI runs the extended CC3M miniature (every stanza of study-cc3m.yaml, and the axes beyond it); `make test-slow`
-adds study-cc3m and study-cc6m on the same generated data, and both at a larger scale, with more epochs and an
-interruption between stages.
+CI runs the study-cc3m miniature; `make test-slow` adds study-cc3m-extended (every stanza of study-cc3m.yaml, and
+the axes beyond it) and study-cc6m on the same generated data, and study-cc3m and study-cc6m at a larger scale,
+with more epochs and an interruption between stages.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import load_config, read_yaml, resolve_yaml
 from clipbackdoor.study import read_study_tree
 from clipbackdoor.synth import SynthManifest, synthesize
+from clipbackdoor.train.checkpoint import latest_checkpoint, load_state
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of a {}."]
 # miniature -> (pairs, epochs, max image side, eval images); the global batch stays the recipe's
@@ -102,11 +106,11 @@ def _phase_epochs(tag: str, spec: dict[str, Any], epochs: int, args: list[str]) 
     what a robust regime's phases need (see the module's docstring)."""
     objective, own = spec.get("objective", {}), "train.epochs" in spec
     if "roclip" in objective:
-        epochs, own = 2 * objective["roclip"]["period"], True
+        epochs, own = objective["roclip"]["period"], True
     elif "safeclip" in objective:
-        for phase in ("inmodal_warmup", "multimodal_warmup"):
-            args.append(f"pretrain.{tag}.overrides.objective.safeclip.{phase}=1")
-        epochs, own = 3, True
+        args.append(f"pretrain.{tag}.overrides.objective.safeclip.inmodal_warmup=0")
+        args.append(f"pretrain.{tag}.overrides.objective.safeclip.multimodal_warmup=1")
+        epochs, own = 2, True
     if own:  # a pre-training's own epochs beat the study-wide override
         args.append(f"pretrain.{tag}.overrides.train\\.epochs={epochs}")
     return epochs
@@ -167,7 +171,7 @@ def rehearse(
         assert abs(cfg.train.warmup_steps / total - share) <= 1 / total
         # corrupt images reached training and were replaced and counted, not fatal
         assert last["data/bad_rows"] == len(data.corrupt) - skipped
-        _check_regime(spec.get("objective", {}), epochs)
+        _check_regime(spec.get("objective", {}), epochs, run, batch)
     # every cleaning trial: a single-device run at the recipe's batch, on its own device slot
     trials = sorted((study_dir / "sweeps").glob("*/trials/trial-*.log"))
     cleaned = [tag for tag, spec in study["pretrain"].items() if spec.get("clean", True)]
@@ -186,13 +190,15 @@ def rehearse(
     return study_dir, args
 
 
-def _check_regime(objective: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
-    """A robust regime's mechanism ran, not just its name: RoCLIP matched against a filled pool in its second
-    matching epoch (and fell back to its own captions while the pool was empty); SafeCLIP split the pairs."""
+def _check_regime(objective: dict[str, Any], epochs: list[dict[str, Any]], run: Path, batch: int) -> None:
+    """A robust regime's mechanism ran, not just its name: RoCLIP's matching epoch filled its pool with every
+    rank's captions (its first step found it empty and used the pair's own); SafeCLIP split the pairs."""
     if "roclip" in objective:
-        pooled = {r["epoch"]: r["train/roclip/pooled"] for r in epochs if r["epoch"] > 0}
-        period = objective["roclip"]["period"]
-        assert pooled[period] < 1.0 and pooled[2 * period] == 1.0, pooled  # the first step of all found it empty
+        assert epochs[-1]["epoch"] % objective["roclip"]["period"] == 0 and epochs[-1]["train/roclip/pooled"] < 1
+        state = load_state(latest_checkpoint(run)["state"])["objective"]
+        pool = next(v for k, v in state.items() if k.endswith("_extra_state") and "filled" in v)
+        assert pool["filled"] == min(batch, objective["roclip"]["pool_size"])  # the global batch: both ranks'
+        assert torch.allclose(pool["pool"][: pool["filled"]].norm(dim=1), torch.ones(pool["filled"]))
     if "safeclip" in objective:
         assert 0.0 < epochs[-1]["safeclip/safe_share"] <= 1.0 and "safeclip/safe_share" not in epochs[-2]
 
@@ -224,12 +230,13 @@ def ci_web_data(tmp_path_factory: pytest.TempPathFactory) -> SynthManifest:
     return _synth(tmp_path_factory.mktemp("web"), "ci")
 
 
-# CI's ~8 minutes of `make test` on 2 cores hold one rehearsal: the extended CC3M study, which runs every stanza of
-# study-cc3m.yaml (it extends that file) and the axes beyond it; study-cc3m alone, and CC6M (which differs in
-# poisoning and cleaning sizes only), run in `make test-slow` on the same generated data
+# CI's ~8 minutes of `make test` on 2 cores hold one rehearsal: study-cc3m (~105 s). The extended study (its every
+# stanza and the robust regimes and the detection stage beyond it: six 2-rank pre-trainings, two detections) takes
+# ~280 s, and CC6M differs from CC3M in poisoning and cleaning sizes only; both run in `make test-slow`, on the
+# same generated data. CI checks the extended recipe's plan on 2 and 8 GPUs (tests/test_plan.py).
 @pytest.mark.parametrize(
     "name",
-    ["study-cc3m-extended", *(pytest.param(n, marks=pytest.mark.slow) for n in ("study-cc3m", "study-cc6m"))],
+    ["study-cc3m", *(pytest.param(n, marks=pytest.mark.slow) for n in ("study-cc3m-extended", "study-cc6m"))],
 )
 def test_rehearsal_of_the_shipped_study(
     name: str, ci_web_data: SynthManifest, tmp_path: Path, capsys, monkeypatch
