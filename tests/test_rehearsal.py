@@ -6,9 +6,8 @@ Only what must change to fit a 2-core machine is overridden: data paths (synthet
 ImageNet-layout eval folder), dataset sizes, epochs and grid size, the model (tiny-rn) and image size, the
 process count (2) and DataLoader workers (2), warm-up steps scaled to keep the recipe's share, and a subset of
 the eval classes and templates. The robust regimes' phases are epochs, so they shrink with the epochs: RoCLIP
-keeps its period (2) and runs 2 one-step epochs, so its one matching epoch fills the pool with both ranks'
-captions (that matching against the pool equals one process's is tests/test_distributed.py's); SafeCLIP's
-warm-ups become 0 + 1 epochs of 2, so it splits once (its in-modal loss runs in MMCL+SSL's pre-training).
+keeps its period (2) and runs two matching epochs, so the second matches every image against the pool the first
+filled with both ranks' captions, under DDP; SafeCLIP's warm-ups become 1 + 1 epochs of 3, so it splits once.
 
 Everything else is the shipped recipe: the global batch (2048, 1024 for MMCL+SSL) with its per-forward
 micro-batch (accumulated exactly over 2 ranks), the objectives, the BadNet trigger, target and mode, the torchrun
@@ -101,16 +100,21 @@ def _recipe_train(spec: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     return {key: spec.get(f"train.{key}", base["train"][key]) for key in ("batch_size", "epochs", "warmup_steps")}
 
 
+def _roclip_period(objective: dict[str, Any]) -> int:
+    term = objective["roclip"]
+    return term.get("period", 2) if isinstance(term, dict) else 2  # {roclip: 1.0}: the objective's default
+
+
 def _phase_epochs(tag: str, spec: dict[str, Any], epochs: int, args: list[str]) -> int:
     """The miniature's epochs of pre-training ``tag``, appending the overrides that set them: the scale's, or
     what a robust regime's phases need (see the module's docstring)."""
     objective, own = spec.get("objective", {}), "train.epochs" in spec
     if "roclip" in objective:
-        epochs, own = objective["roclip"]["period"], True
+        epochs, own = 2 * _roclip_period(objective), True
     elif "safeclip" in objective:
-        args.append(f"pretrain.{tag}.overrides.objective.safeclip.inmodal_warmup=0")
-        args.append(f"pretrain.{tag}.overrides.objective.safeclip.multimodal_warmup=1")
-        epochs, own = 2, True
+        for phase in ("inmodal_warmup", "multimodal_warmup"):
+            args.append(f"pretrain.{tag}.overrides.objective.safeclip.{phase}=1")
+        epochs, own = 3, True
     if own:  # a pre-training's own epochs beat the study-wide override
         args.append(f"pretrain.{tag}.overrides.train\\.epochs={epochs}")
     return epochs
@@ -171,7 +175,7 @@ def rehearse(
         assert abs(cfg.train.warmup_steps / total - share) <= 1 / total
         # corrupt images reached training and were replaced and counted, not fatal
         assert last["data/bad_rows"] == len(data.corrupt) - skipped
-        _check_regime(spec.get("objective", {}), epochs, run, batch)
+        _check_regime(spec.get("objective", {}), epochs, run, batch * steps)
     # every cleaning trial: a single-device run at the recipe's batch, on its own device slot
     trials = sorted((study_dir / "sweeps").glob("*/trials/trial-*.log"))
     cleaned = [tag for tag, spec in study["pretrain"].items() if spec.get("clean", True)]
@@ -190,14 +194,18 @@ def rehearse(
     return study_dir, args
 
 
-def _check_regime(objective: dict[str, Any], epochs: list[dict[str, Any]], run: Path, batch: int) -> None:
-    """A robust regime's mechanism ran, not just its name: RoCLIP's matching epoch filled its pool with every
-    rank's captions (its first step found it empty and used the pair's own); SafeCLIP split the pairs."""
+def _check_regime(objective: dict[str, Any], epochs: list[dict[str, Any]], run: Path, per_epoch: int) -> None:
+    """A robust regime's mechanism ran, not just its name. RoCLIP: in its first matching epoch the first step found
+    the pool empty (and used the pair's own caption), in its second every step matched against the pool, which
+    holds every rank's captions of both matching epochs (read back from the checkpoint). SafeCLIP: it split."""
     if "roclip" in objective:
-        assert epochs[-1]["epoch"] % objective["roclip"]["period"] == 0 and epochs[-1]["train/roclip/pooled"] < 1
+        period = _roclip_period(objective)
+        pooled = {r["epoch"]: r["train/roclip/pooled"] for r in epochs if r["epoch"] > 0}
+        assert pooled[period] < 1.0 and pooled[2 * period] == 1.0, pooled
         state = load_state(latest_checkpoint(run)["state"])["objective"]
         pool = next(v for k, v in state.items() if k.endswith("_extra_state") and "filled" in v)
-        assert pool["filled"] == min(batch, objective["roclip"]["pool_size"])  # the global batch: both ranks'
+        size = objective["roclip"].get("pool_size", 21845) if isinstance(objective["roclip"], dict) else 21845
+        assert pool["filled"] == min(2 * per_epoch, size)  # the pairs of two matching epochs, from both ranks
         assert torch.allclose(pool["pool"][: pool["filled"]].norm(dim=1), torch.ones(pool["filled"]))
     if "safeclip" in objective:
         assert 0.0 < epochs[-1]["safeclip/safe_share"] <= 1.0 and "safeclip/safe_share" not in epochs[-2]
@@ -230,9 +238,9 @@ def ci_web_data(tmp_path_factory: pytest.TempPathFactory) -> SynthManifest:
     return _synth(tmp_path_factory.mktemp("web"), "ci")
 
 
-# CI's ~8 minutes of `make test` on 2 cores hold one rehearsal: study-cc3m (~105 s). The extended study (its every
+# CI's ~8 minutes of `make test` on 2 cores hold one rehearsal: study-cc3m (~100 s). The extended study (its every
 # stanza and the robust regimes and the detection stage beyond it: six 2-rank pre-trainings, two detections) takes
-# ~280 s, and CC6M differs from CC3M in poisoning and cleaning sizes only; both run in `make test-slow`, on the
+# ~320 s, and CC6M differs from CC3M in poisoning and cleaning sizes only; both run in `make test-slow`, on the
 # same generated data. CI checks the extended recipe's plan on 2 and 8 GPUs (tests/test_plan.py).
 @pytest.mark.parametrize(
     "name",

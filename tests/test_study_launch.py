@@ -94,6 +94,13 @@ def test_a_study_that_extends_another_runs_its_stanzas_and_adds_its_own(tmp_path
     assert child.name == "child" and list(child.pretrain) == ["mmcl", "roclip"]  # mappings gain entries
     assert child.pretrain["mmcl"] == base.pretrain["mmcl"] and child.defenses == base.defenses
     assert child.overrides == base.overrides and not child.pretrain["roclip"].clean
+    # an entry given in both is the child's whole: a pre-training's objective is replaced, not summed
+    swap = {"name": "swap", "extends": "parent", "pretrain": {"mmcl": {"overrides": {"objective": {"siglip": 1.0}}}}}
+    (tmp_path / "swap.yaml").write_text(yaml.safe_dump(swap))
+    assert load_study_config(tmp_path / "swap.yaml").pretrain["mmcl"].overrides == {"objective": {"siglip": 1.0}}
+    # a local copy named like the built-in it extends reads the built-in, not itself
+    (tmp_path / "study-cc3m.yaml").write_text(yaml.safe_dump({"name": "mine", "extends": "study-cc3m"}))
+    assert load_study_config(tmp_path / "study-cc3m.yaml").defenses == load_study_config("study-cc3m").defenses
     # the shipped extension: every stanza of the paper's study, read from its file, and the two new axes
     extended, paper = load_study_config("study-cc3m-extended"), load_study_config("study-cc3m")
     assert {t: extended.pretrain[t] for t in paper.pretrain} == paper.pretrain and extended.defenses == paper.defenses
@@ -106,6 +113,7 @@ def test_a_study_that_extends_another_runs_its_stanzas_and_adds_its_own(tmp_path
         ({"name": "a", "extends": "b"}, r"extends 'b'.*'extends' loops back"),
         ({"name": "a", "extends": "nowhere"}, r"a\.yaml: extends 'nowhere': config 'nowhere' is neither"),
         ({"name": "a", "extends": ["b"]}, r"a\.yaml: 'extends' names one study"),
+        ({"extends": "study-cc3m"}, r"a\.yaml: a study that extends 'study-cc3m' needs its own 'name'"),
     ],
 )
 def test_a_bad_extends_names_the_file_and_the_reason(tmp_path: Path, child: dict, message: str) -> None:

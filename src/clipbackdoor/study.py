@@ -23,7 +23,6 @@ from clipbackdoor.config import (
     ConfigError,
     ExperimentConfig,
     load_config,
-    merge_trees,
     read_yaml,
     resolve_yaml,
     save_config,
@@ -147,24 +146,35 @@ class StudyConfig(BaseModel):
 
 
 def read_study_tree(source: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A study file's tree with its ``extends`` resolved: the named study (a file beside it, a path or a built-in
-    name) read first, this file's keys merged over it (mappings such as ``pretrain`` gain entries; anything
-    else is replaced). So a recipe that adds axes to the paper's study runs that study's stanzas, not a copy."""
+    """A study file's tree with its ``extends`` resolved, so a recipe that adds axes to the paper's study runs
+    that study's stanzas, not a copy. The named study (a file beside this one, else a path from the working
+    directory or a built-in name; never this file itself) is read first, then this file's keys go over it one
+    level deep: a mapping such as ``pretrain``, ``defenses`` or ``overrides`` gains this file's entries, an
+    entry given in both is this file's whole (a pre-training's objective is replaced, not summed), and
+    anything else is replaced. The extending file must name itself: it gets a directory of its own."""
     path = resolve_yaml(source)
+    chain = (*_chain, path.resolve())
     if path.resolve() in _chain:
-        raise ConfigError(f"{path}: 'extends' loops back to it ({' -> '.join(str(p) for p in (*_chain, path))})")
+        raise ConfigError(f"{path}: 'extends' loops back to it ({' -> '.join(str(p) for p in chain)})")
     tree = read_yaml(path)
     parent = tree.pop("extends", None)
     if parent is None:
         return tree
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: 'extends' names one study (a file or built-in name), got {parent!r}")
+    if "name" not in tree:
+        raise ConfigError(f"{path}: a study that extends {parent!r} needs its own 'name' (else it shares its runs)")
     beside = [c for c in (path.parent / parent, path.parent / f"{parent}.yaml") if c.is_file()]
+    beside = [c for c in beside if c.resolve() != path.resolve()]  # ./study-cc3m.yaml may extend the built-in
     try:
-        parent_tree = read_study_tree(beside[0] if beside else parent, (*_chain, path.resolve()))
+        parent_tree = read_study_tree(beside[0] if beside else parent, chain)
     except ConfigError as err:
         raise ConfigError(f"{path}: extends {parent!r}: {err}") from None
-    return merge_trees(parent_tree, tree)
+    merged = dict(parent_tree)
+    for key, value in tree.items():
+        below = parent_tree.get(key)
+        merged[key] = {**below, **value} if isinstance(value, dict) and isinstance(below, dict) else value
+    return merged
 
 
 def load_study_config(source: str | Path, overrides: list[str] | None = None) -> StudyConfig:
