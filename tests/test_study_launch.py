@@ -114,6 +114,7 @@ def test_a_study_that_extends_another_runs_its_stanzas_and_adds_its_own(tmp_path
         ({"name": "a", "extends": "nowhere"}, r"a\.yaml: extends 'nowhere': config 'nowhere' is neither"),
         ({"name": "a", "extends": ["b"]}, r"a\.yaml: 'extends' names one study"),
         ({"extends": "study-cc3m"}, r"a\.yaml: a study that extends 'study-cc3m' needs its own 'name'"),
+        ({"name": "a", "extends": "study-cc3m", "asr_threshold": "x"}, r"a\.yaml \(extends 'study-cc3m'\).*\n.*asr"),
     ],
 )
 def test_a_bad_extends_names_the_file_and_the_reason(tmp_path: Path, child: dict, message: str) -> None:

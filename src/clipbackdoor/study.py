@@ -179,7 +179,9 @@ def read_study_tree(source: str | Path, _chain: tuple[Path, ...] = ()) -> dict[s
 
 def load_study_config(source: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     path = resolve_yaml(source)
-    return validate_as(StudyConfig, read_study_tree(path), list(overrides or []), str(path))
+    parent = read_yaml(path).get("extends")  # a bad key may come from the study it extends: name both
+    origin = f"{path} (extends {parent!r})" if parent else str(path)
+    return validate_as(StudyConfig, read_study_tree(path), list(overrides or []), origin)
 
 
 def load_study_dir(study_dir: str | Path) -> StudyConfig:
