@@ -21,6 +21,7 @@ with more epochs and an interruption between stages.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -33,6 +34,7 @@ import torch
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import load_config, read_yaml, resolve_yaml
+from clipbackdoor.objectives.roclip import RoCLIP
 from clipbackdoor.study import read_study_tree
 from clipbackdoor.synth import SynthManifest, synthesize
 from clipbackdoor.train.checkpoint import latest_checkpoint, load_state
@@ -100,9 +102,10 @@ def _recipe_train(spec: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     return {key: spec.get(f"train.{key}", base["train"][key]) for key in ("batch_size", "epochs", "warmup_steps")}
 
 
-def _roclip_period(objective: dict[str, Any]) -> int:
-    term = objective["roclip"]
-    return term.get("period", 2) if isinstance(term, dict) else 2  # {roclip: 1.0}: the objective's default
+def _roclip_option(objective: dict[str, Any], key: str) -> Any:
+    """RoCLIP's ``key`` as the recipe sets it, else the objective's own default (``{roclip: 1.0}`` sets none)."""
+    term, default = objective["roclip"], inspect.signature(RoCLIP).parameters[key].default
+    return term.get(key, default) if isinstance(term, dict) else default
 
 
 def _phase_epochs(tag: str, spec: dict[str, Any], epochs: int, args: list[str]) -> int:
@@ -110,7 +113,7 @@ def _phase_epochs(tag: str, spec: dict[str, Any], epochs: int, args: list[str]) 
     what a robust regime's phases need (see the module's docstring)."""
     objective, own = spec.get("objective", {}), "train.epochs" in spec
     if "roclip" in objective:
-        epochs, own = 2 * _roclip_period(objective), True
+        epochs, own = 2 * _roclip_option(objective, "period"), True
     elif "safeclip" in objective:
         for phase in ("inmodal_warmup", "multimodal_warmup"):
             args.append(f"pretrain.{tag}.overrides.objective.safeclip.{phase}=1")
@@ -199,13 +202,13 @@ def _check_regime(objective: dict[str, Any], epochs: list[dict[str, Any]], run: 
     the pool empty (and used the pair's own caption), in its second every step matched against the pool, which
     holds every rank's captions of both matching epochs (read back from the checkpoint). SafeCLIP: it split."""
     if "roclip" in objective:
-        period = _roclip_period(objective)
+        period = _roclip_option(objective, "period")
         pooled = {r["epoch"]: r["train/roclip/pooled"] for r in epochs if r["epoch"] > 0}
         assert pooled[period] < 1.0 and pooled[2 * period] == 1.0, pooled
         state = load_state(latest_checkpoint(run)["state"])["objective"]
         pool = next(v for k, v in state.items() if k.endswith("_extra_state") and "filled" in v)
-        size = objective["roclip"].get("pool_size", 21845) if isinstance(objective["roclip"], dict) else 21845
-        assert pool["filled"] == min(2 * per_epoch, size)  # the pairs of two matching epochs, from both ranks
+        # the pairs of two matching epochs, from both ranks
+        assert pool["filled"] == min(2 * per_epoch, _roclip_option(objective, "pool_size"))
         assert torch.allclose(pool["pool"][: pool["filled"]].norm(dim=1), torch.ones(pool["filled"]))
     if "safeclip" in objective:
         assert 0.0 < epochs[-1]["safeclip/safe_share"] <= 1.0 and "safeclip/safe_share" not in epochs[-2]
