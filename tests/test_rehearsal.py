@@ -3,20 +3,21 @@
 detection stage).
 
 Only what must change to fit a 2-core machine is overridden: data paths (synthetic web-like JPEG shards and an
-ImageNet-layout eval folder), dataset sizes, epochs and grid size, the model (tiny-rn) and image size, the
-process count (2) and DataLoader workers (2), warm-up steps scaled to keep the recipe's share, and a subset of
-the eval classes and templates. The robust regimes' phases are epochs, so they shrink with the epochs: RoCLIP
-keeps its period (2) and runs two matching epochs, so the second matches every image against the pool the first
-filled with both ranks' captions, under DDP; SafeCLIP's warm-ups become 1 + 1 epochs of 3, so it splits once.
+ImageNet-layout eval folder), dataset sizes, epochs and grid size, the model (micro-rn in CI's miniature, tiny-rn
+in the slow one) and image size, the process count (2) and DataLoader workers (2), warm-up steps scaled to keep
+the recipe's share, and a subset of the eval classes and templates. The robust regimes' phases are epochs, so
+they shrink with the epochs: RoCLIP keeps its period (2) and runs two matching epochs, so the second matches every
+image against the pool the first filled with both ranks' captions, under DDP; SafeCLIP's warm-ups become 1 + 1
+epochs of 3, so it splits once.
 
 Everything else is the shipped recipe: the global batch (2048, 1024 for MMCL+SSL) with its per-forward
 micro-batch (accumulated exactly over 2 ranks), the objectives, the BadNet trigger, target and mode, the torchrun
 launcher, the defenses and their single-device cleaning batches, the ImageNet eval with ASR every epoch, the
 selection rule, the detectors and the share of pairs filtered. Poisoning goes from shards to shards.
 
-CI runs the study-cc3m miniature; `make test-slow` adds study-cc3m-extended (every stanza of study-cc3m.yaml, and
-the axes beyond it) and study-cc6m on the same generated data, and study-cc3m and study-cc6m at a larger scale,
-with more epochs and an interruption between stages.
+CI runs the study-cc3m and study-cc6m miniatures on the same generated data; `make test-slow` adds
+study-cc3m-extended (every stanza of study-cc3m.yaml, and the axes beyond it) on that data, and study-cc3m and
+study-cc6m at a larger scale, with more epochs and an interruption between stages.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from clipbackdoor.synth import SynthManifest, synthesize
 from clipbackdoor.train.checkpoint import latest_checkpoint, load_state
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of a {}."]
-# miniature -> (pairs, epochs, max image side, eval images); the global batch stays the recipe's
-SCALES = {"ci": (2048 + 48, 1, 256, 30), "slow": (2 * 2048 + 64, 3, 640, 200)}
+# miniature -> (pairs, epochs, max image side, eval images, model); the global batch stays the recipe's. CI's
+# model is micro-rn: at one or two steps per pre-training the study's time is process start-ups, not compute.
+SCALES = {"ci": (2048 + 48, 1, 256, 30, "micro-rn"), "slow": (2 * 2048 + 64, 3, 640, 200, "tiny-rn")}
 
 
 def _recipe(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -57,7 +59,7 @@ def _warmup(pairs: int, batch: int, epochs: int, share: float) -> int:
 def rehearsal_overrides(name: str, data: SynthManifest, out: Path, scale: str) -> list[str]:
     """The study's command-line overrides for the miniature: nothing but what the docstring lists."""
     study, base = _recipe(name)
-    pairs, epochs, _, _ = SCALES[scale]
+    pairs, epochs, _, _, model = SCALES[scale]
     full_pairs = base["poison"]["source"]["expected_pairs"]
     # dataset sizes: 16 poisons per recipe's 1500 (0.8 % here: a 0.05 % rate would be one image), 128 cleaning
     # pairs per recipe's 100k (2 steps of the cleaning batch); CC6M doubles both, as its recipe does
@@ -69,7 +71,7 @@ def rehearsal_overrides(name: str, data: SynthManifest, out: Path, scale: str) -
         "poison.num_poisons": poisons,
         "poison.cleaning.size": cleaning,
         "poison.image_size": 32,
-        "model.name": "tiny-rn",
+        "model.name": model,
         "data.num_workers": 2,
         "data.eval": f"{{source: imagenet, labels: {data.eval_labels}, folder: {data.eval_folder}, "
         f"classes: {json.dumps(data.classes)}, templates: {json.dumps(TEMPLATES)}}}",
@@ -124,7 +126,7 @@ def _phase_epochs(tag: str, spec: dict[str, Any], epochs: int, args: list[str]) 
 
 
 def _synth(root: Path, scale: str) -> SynthManifest:
-    pairs, _, max_side, eval_images = SCALES[scale]
+    pairs, _, max_side, eval_images, _ = SCALES[scale]
     return synthesize(root, pairs=pairs, eval_images=eval_images, classes=6, corrupt=8, shard_size=512,
                       max_side=max_side, seed=0, workers=2)  # fmt: skip
 
@@ -241,13 +243,12 @@ def ci_web_data(tmp_path_factory: pytest.TempPathFactory) -> SynthManifest:
     return _synth(tmp_path_factory.mktemp("web"), "ci")
 
 
-# CI's ~8 minutes of `make test` on 2 cores hold one rehearsal: study-cc3m (~100 s). The extended study (its every
-# stanza and the robust regimes and the detection stage beyond it: six 2-rank pre-trainings, two detections) takes
-# ~320 s, and CC6M differs from CC3M in poisoning and cleaning sizes only; both run in `make test-slow`, on the
-# same generated data. CI checks the extended recipe's plan on 2 and 8 GPUs (tests/test_plan.py).
+# CI runs both shipped recipes on the same generated data (~65 s each). The extended study (its every stanza of
+# study-cc3m, and the robust regimes and the detection stage beyond it: six 2-rank pre-trainings, two detections)
+# takes ~4 minutes more, which CI's ~8 minutes of `make test` on 2 cores cannot hold: it runs in `make test-slow`,
+# and CI checks its plan on 2 and 8 GPUs (tests/test_plan.py).
 @pytest.mark.parametrize(
-    "name",
-    ["study-cc3m", *(pytest.param(n, marks=pytest.mark.slow) for n in ("study-cc3m-extended", "study-cc6m"))],
+    "name", ["study-cc3m", "study-cc6m", pytest.param("study-cc3m-extended", marks=pytest.mark.slow)]
 )
 def test_rehearsal_of_the_shipped_study(
     name: str, ci_web_data: SynthManifest, tmp_path: Path, capsys, monkeypatch

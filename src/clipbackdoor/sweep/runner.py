@@ -58,6 +58,7 @@ METRIC_NAMES = ["CA", "ASR"]  # the objectives' names in optuna-dashboard
 VALUE_NAME = ["selection value"]  # the one objective of a sweep with early stopping (sweep/stopping.py)
 IDENTITY_BEFORE = {"early_stop": "null"}  # what a sweep stored before an identity key existed had
 POLL_S = 1.0  # how often a worker reads a running trial's metrics.jsonl when it may stop it
+OTHERS_POLL_S = 5.0  # how often a worker whose sweep is done looks again at trials running in other processes
 STALE_AFTER = 3  # heartbeats missed before a running trial counts as lost
 MAX_LOST = 3  # a trial whose worker was lost this often is recorded as failed (it may be what kills them)
 REUSE_LIMIT = 5  # trials per budgeted run, at most, when a sampler keeps proposing evaluated points
@@ -312,6 +313,10 @@ class Worker:
         self.children: set[subprocess.Popen] = set()
         self.taken_over: set[int] = set()  # trial ids another worker presumed lost while they ran here
         self.lock = threading.Lock()
+        # trials of this process told to the storage: a thread waiting for the sweep's last trials wakes at once
+        # when one ran here, instead of at its next look (other processes' trials are only seen by looking)
+        self.told = threading.Condition()
+        self.told_count = 0
 
     def prepare(self) -> None:
         """Write sweep.yaml and queue the retries of trials whose worker was lost."""
@@ -329,16 +334,28 @@ class Worker:
         with self.lock:
             for child in self.children:
                 child.terminate()
+        self._wake()
+
+    def _wake(self) -> None:
+        with self.told:
+            self.told_count += 1
+            self.told.notify_all()
+
+    def _wait_for_running_trials(self, seen: int) -> None:
+        """Until a trial of this process is told after ``seen`` was read, or stopping, or the next look."""
+        with self.told:
+            self.told.wait_for(lambda: self.told_count != seen, timeout=min(self.cfg.heartbeat_s, OTHERS_POLL_S))
 
     def _loop(self, slot: Slot = (), wait: bool = True) -> None:
         """One worker thread: this sweep's trials, one after another, on the thread's device slot, until none
         is left to start; with ``wait``, also until no trial of the sweep runs anywhere (or is found lost)."""
         while not self.stopping.is_set():
+            seen = self.told_count  # read before looking: a trial told between the look and the wait wakes it
             requeue_lost_trials(self.study, self.cfg.heartbeat_s)
             if sweep_done(self.study, self.cfg):
                 if not wait or not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     return
-                self.stopping.wait(min(self.cfg.heartbeat_s, 5.0))  # until they finish or are found lost
+                self._wait_for_running_trials(seen)  # until they finish or are found lost
                 continue
             started: list[int] = []
             try:  # optimize, not ask/tell: the grid sampler stops the study from inside its loop
@@ -352,6 +369,7 @@ class Worker:
                     trial = self.study._storage.get_trial(trial_id)
                     if trial.state == TrialState.FAIL and "failure" not in trial.user_attrs:
                         queue_retry(self.study, trial)
+                self._wake()
 
     def _objective(self, trial: optuna.Trial, started: list[int], slot: Slot = ()) -> float | tuple[float, float]:
         started.append(trial._trial_id)
