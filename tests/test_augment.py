@@ -1,4 +1,7 @@
+import importlib
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +81,36 @@ def test_wordnet_synonyms_from_the_debian_database() -> None:
     assert {"handbag", "purse"} <= set(synonyms("bag"))
     assert "photograph" in synonyms("photo")
     assert synonyms("zzzxq") == ()
+
+
+@pytest.mark.skipif(not (SYSTEM_WORDNET / "index.sense").is_file(), reason="Debian WordNet absent")
+def test_wordnet_index_kept_by_the_first_process_gives_the_next_the_same_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    wn = importlib.import_module("clipbackdoor.augment.wordnet")  # the package's `wordnet` is the function
+
+    install = wn.install_wordnet
+    monkeypatch.setattr(wn, "install_wordnet", lambda: install(tmp_path))  # a data folder no process has used
+    corpus = tmp_path / "corpora" / "wordnet"
+    parsed = wn._load()  # the first process: parses the files and keeps what it parsed
+    assert wn._index_path(corpus).is_file()
+
+    def no_parsing(self: WordNetCorpusReader) -> None:
+        raise AssertionError("parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(WordNetCorpusReader, "_load_lemma_pos_offset_map", no_parsing)
+        kept = wn._load()  # the next one: reads it back
+    assert kept._lemma_pos_offset_map == parsed._lemma_pos_offset_map and kept._exception_map == parsed._exception_map
+    assert kept.satellite_offsets == parsed.satellite_offsets
+    for word in ("dogs", "ran", "better", "photo", "zzzxq"):  # morphology and adjective satellites included
+        assert [s.name() for s in kept.synsets(word)] == [s.name() for s in parsed.synsets(word)]
+    os.utime(corpus / "index.noun", ns=(1, 1))  # the files changed: parsed again, not read back stale
+    assert wn._read_index(corpus) is None
+    wn._index_path(corpus).write_bytes(b"\x00 torn")
+    assert wn._read_index(corpus) is None
 
 
 def test_lexnames_from_the_man_page_table() -> None:

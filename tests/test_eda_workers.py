@@ -40,7 +40,7 @@ _SLICES = 8  # disjoint word slices, one per check: no check sees words an earli
 
 @pytest.fixture(scope="module", autouse=True)
 def _wordnet_loaded() -> None:
-    wordnet()  # ~5 s, once, in the parent: as ViewMaker does before the workers fork
+    wordnet()  # once, in the parent: as ViewMaker does before the workers fork
 
 
 @cache
@@ -166,7 +166,7 @@ def test_shard_pairs_text_views_equal_across_worker_counts(tmp_path: Path) -> No
 
 
 def test_a_forked_child_keeps_the_tables_but_opens_its_own_data_files() -> None:
-    """No ~5 s reload per worker: the child uses the reader fork copied, with data files of its own."""
+    """No reload per worker: the child uses the reader fork copied, with data files of its own."""
     _open_every_data_file()
     reader = wordnet()
     reader.loaded_in_parent = True  # markers that fork copies

@@ -40,7 +40,7 @@ class ViewMaker:
         t = self.config.text
         self.eda = EDA(t.alpha_sr, t.alpha_ri, t.alpha_rs, t.p_rd)
         if "text_aug" in self.views and t.alpha_sr + t.alpha_ri > 0:
-            # Load WordNet (~5 s) now, before training: forked DataLoader workers inherit its tables and
+            # Load WordNet (~0.4 s) now, before training: forked DataLoader workers inherit its tables and
             # open data files of their own (see wordnet()), spawned ones load it themselves.
             wordnet()
 
