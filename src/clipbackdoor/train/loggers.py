@@ -85,8 +85,9 @@ class TensorBoardLogger(_Logger):
             self.writer.file_writer.add_summary(hparams_pb(_flat(self.config)), step)
         for key, value in _scalars(record).items():
             self.writer.add_scalar(key, value, step)
-        if record.get("kind") == "epoch":
-            self.writer.flush()  # an epoch's numbers are on disk before its checkpoint is
+        # every record on disk as metrics.jsonl has it (SummaryWriter alone waits up to 2 minutes): TensorBoard
+        # shows a step when it is logged, and a crash leaves none of it in a buffer; a record per log_every steps
+        self.writer.flush()
 
 
 class WandbLogger(_Logger):
