@@ -3,12 +3,12 @@
 detection stage).
 
 Only what must change to fit a 2-core machine is overridden: data paths (synthetic web-like JPEG shards and an
-ImageNet-layout eval folder), dataset sizes, epochs and grid size, the model (micro-rn in CI's miniature, tiny-rn
-in the slow one) and image size, the process count (2) and DataLoader workers (2), warm-up steps scaled to keep
-the recipe's share, and a subset of the eval classes and templates. The robust regimes' phases are epochs, so
-they shrink with the epochs: RoCLIP keeps its period (2) and runs two matching epochs, so the second matches every
-image against the pool the first filled with both ranks' captions, under DDP; SafeCLIP's warm-ups become 1 + 1
-epochs of 3, so it splits once.
+ImageNet-layout eval folder), dataset sizes, epochs and grid size, the model (micro-rn in CI's miniatures, tiny-rn
+where SafeCLIP splits and at the larger size) and image size, the process count (2) and DataLoader workers (2),
+warm-up steps scaled to keep the recipe's share, and a subset of the eval classes and templates. The robust regimes'
+phases are epochs, so they shrink with the epochs: RoCLIP keeps its period (2) and runs two matching epochs, so the
+second matches every image against the pool the first filled with both ranks' captions, under DDP; SafeCLIP's
+warm-ups become 1 + 1 epochs of 3, so it splits once.
 
 Everything else is the shipped recipe: the global batch (2048, 1024 for MMCL+SSL) with its per-forward
 micro-batch (accumulated exactly over 2 ranks), the objectives, the BadNet trigger, target and mode, the torchrun
@@ -41,9 +41,8 @@ from clipbackdoor.synth import SynthManifest, synthesize
 from clipbackdoor.train.checkpoint import latest_checkpoint, load_state
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of a {}."]
-# miniature -> (pairs, epochs, max image side, eval images, model); the global batch stays the recipe's. CI's
-# model is micro-rn: at one or two steps per pre-training the study's time is process start-ups, not compute.
-SCALES = {"ci": (2048 + 48, 1, 256, 30, "micro-rn"), "slow": (2 * 2048 + 64, 3, 640, 200, "tiny-rn")}
+# miniature -> (pairs, epochs, max image side, eval images); the global batch stays the recipe's
+SCALES = {"ci": (2048 + 48, 1, 256, 30), "slow": (2 * 2048 + 64, 3, 640, 200)}
 
 
 def _recipe(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -56,10 +55,10 @@ def _warmup(pairs: int, batch: int, epochs: int, share: float) -> int:
     return round(share * (pairs // batch) * epochs)
 
 
-def rehearsal_overrides(name: str, data: SynthManifest, out: Path, scale: str) -> list[str]:
+def rehearsal_overrides(name: str, data: SynthManifest, out: Path, scale: str, model: str) -> list[str]:
     """The study's command-line overrides for the miniature: nothing but what the docstring lists."""
     study, base = _recipe(name)
-    pairs, epochs, _, _, model = SCALES[scale]
+    pairs, epochs, _, _ = SCALES[scale]
     full_pairs = base["poison"]["source"]["expected_pairs"]
     # dataset sizes: 16 poisons per recipe's 1500 (0.8 % here: a 0.05 % rate would be one image), 128 cleaning
     # pairs per recipe's 100k (2 steps of the cleaning batch); CC6M doubles both, as its recipe does
@@ -126,7 +125,7 @@ def _phase_epochs(tag: str, spec: dict[str, Any], epochs: int, args: list[str]) 
 
 
 def _synth(root: Path, scale: str) -> SynthManifest:
-    pairs, _, max_side, eval_images, _ = SCALES[scale]
+    pairs, _, max_side, eval_images = SCALES[scale]
     return synthesize(root, pairs=pairs, eval_images=eval_images, classes=6, corrupt=8, shard_size=512,
                       max_side=max_side, seed=0, workers=2)  # fmt: skip
 
@@ -136,11 +135,11 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 
 def rehearse(
-    name: str, scale: str, data: SynthManifest, root: Path, capsys: pytest.CaptureFixture
+    name: str, scale: str, model: str, data: SynthManifest, root: Path, capsys: pytest.CaptureFixture
 ) -> tuple[Path, list[str]]:
     """Run the study in miniature and check what the paper's setting depends on; returns its folder and args."""
     out = root / "runs"
-    args = rehearsal_overrides(name, data, out, scale)
+    args = rehearsal_overrides(name, data, out, scale, model)
     assert main(["study", name, *args]) == 0
     printed = capsys.readouterr().out
     study, base = _recipe(name)
@@ -243,18 +242,25 @@ def ci_web_data(tmp_path_factory: pytest.TempPathFactory) -> SynthManifest:
     return _synth(tmp_path_factory.mktemp("web"), "ci")
 
 
-# CI runs both shipped recipes on the same generated data (~65 s each). The extended study (its every stanza of
+# CI runs both shipped recipes on the same generated data (~50 s each), on micro-rn: at one or two steps per
+# pre-training a study's time is its process start-ups, not compute. The extended study (every stanza of
 # study-cc3m, and the robust regimes and the detection stage beyond it: six 2-rank pre-trainings, two detections)
 # takes ~4 minutes more, which CI's ~8 minutes of `make test` on 2 cores cannot hold: it runs in `make test-slow`,
-# and CI checks its plan on 2 and 8 GPUs (tests/test_plan.py).
+# and CI checks its plan on 2 and 8 GPUs (tests/test_plan.py). It needs tiny-rn: SafeCLIP's first split keeps the
+# pairs whose clean posterior is 0.9 or more, and micro-rn after two one-step epochs tells no pair from another.
 @pytest.mark.parametrize(
-    "name", ["study-cc3m", "study-cc6m", pytest.param("study-cc3m-extended", marks=pytest.mark.slow)]
+    ("name", "model"),
+    [
+        ("study-cc3m", "micro-rn"),
+        ("study-cc6m", "micro-rn"),
+        pytest.param("study-cc3m-extended", "tiny-rn", marks=pytest.mark.slow),
+    ],
 )
 def test_rehearsal_of_the_shipped_study(
-    name: str, ci_web_data: SynthManifest, tmp_path: Path, capsys, monkeypatch
+    name: str, model: str, ci_web_data: SynthManifest, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    rehearse(name, "ci", ci_web_data, tmp_path, capsys)
+    rehearse(name, "ci", model, ci_web_data, tmp_path, capsys)
 
 
 def _best_table(report: str) -> str:
@@ -268,7 +274,7 @@ def test_slow_rehearsal_interrupted_between_stages_resumes_to_the_same_report(
     name: str, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    study_dir, args = rehearse(name, "slow", _synth(tmp_path / "web", "slow"), tmp_path, capsys)
+    study_dir, args = rehearse(name, "slow", "tiny-rn", _synth(tmp_path / "web", "slow"), tmp_path, capsys)
     report = (study_dir / "report" / "report.md").read_text()
     shutil.rmtree(study_dir / "sweeps")  # the state of a study stopped between pre-training and the sweeps
     shutil.rmtree(study_dir / "report")
