@@ -1,6 +1,7 @@
 import importlib
 import os
 import random
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +88,14 @@ def test_wordnet_synonyms_from_the_debian_database() -> None:
 def test_wordnet_index_kept_by_the_first_process_gives_the_next_the_same_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
     wn = importlib.import_module("clipbackdoor.augment.wordnet")  # the package's `wordnet` is the function
 
     install = wn.install_wordnet
     monkeypatch.setattr(wn, "install_wordnet", lambda: install(tmp_path))  # a data folder no process has used
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))  # put back afterwards: later readers read ours
     corpus = tmp_path / "corpora" / "wordnet"
     parsed = wn._load()  # the first process: parses the files and keeps what it parsed
     assert wn._index_path(corpus).is_file()
@@ -104,7 +107,9 @@ def test_wordnet_index_kept_by_the_first_process_gives_the_next_the_same_reader(
         m.setattr(WordNetCorpusReader, "_load_lemma_pos_offset_map", no_parsing)
         kept = wn._load()  # the next one: reads it back
     assert kept._lemma_pos_offset_map == parsed._lemma_pos_offset_map and kept._exception_map == parsed._exception_map
-    assert kept.satellite_offsets == parsed.satellite_offsets
+    assert kept.satellite_offsets == parsed.satellite_offsets and isinstance(kept.satellite_offsets, set)
+    assert isinstance(kept._lemma_pos_offset_map, defaultdict)  # nltk looks lemmas up through it
+    assert kept._exception_map["s"] is kept._exception_map["a"]  # satellites share the adjectives' exceptions
     for word in ("dogs", "ran", "better", "photo", "zzzxq"):  # morphology and adjective satellites included
         assert [s.name() for s in kept.synsets(word)] == [s.name() for s in parsed.synsets(word)]
     os.utime(corpus / "index.noun", ns=(1, 1))  # the files changed: parsed again, not read back stale

@@ -157,7 +157,7 @@ def rehearse(
         run = study_dir / "pretrain" / tag
         assert (run / "checkpoints" / "latest.json").is_file() and (study_dir / "pretrain" / f"{tag}.log").is_file()
         cfg = load_config(run / "config.yaml")
-        assert cfg.data.train.source == "webdataset"  # pre-trained on the poisoned shards
+        assert cfg.data.train.source == "webdataset" and cfg.model.name == model  # on the poisoned shards
         records = _records(run)
         epochs = [r for r in records if r["kind"] == "epoch"]
         spec = study["pretrain"][tag]["overrides"]

@@ -1,10 +1,11 @@
 """Model factory: any open_clip architecture at random init, our small configs, or a checkpoint to resume.
 
 Our small configs (``tiny-rn``, ``tiny-vit``, and their ``-quickgelu`` twins, as open_clip pairs RN50 with
-RN50-quickgelu; and ``micro-rn``, tiny-rn at a quarter of its widths with one text layer, for rehearsals of the
-paper's recipes, where a step's compute should not hide the cost of what a recipe launches, as timm ships its
-``test_*`` models) are JSON files registered with open_clip's own registry, so they are built by the same code
-path as RN50 and need no network: nothing here loads pretrained weights unless a local checkpoint is named.
+RN50-quickgelu; and ``micro-rn``, tiny-rn at half its image width and a quarter of its text width and embedding,
+with one text layer, for rehearsals of the paper's recipes, where a step's compute should not hide the cost of
+what a recipe launches, as timm ships its ``test_*`` models) are JSON files registered with open_clip's own
+registry, so they are built by the same code path as RN50 and need no network: nothing here loads pretrained
+weights unless a local checkpoint is named.
 
 A checkpoint trained with QuickGELU (OpenAI-format: OpenAI's, CleanCLIP's, CyCLIP's) is refused by a model
 with nn.GELU, and the other way round: the weights would load and give other text features, so another

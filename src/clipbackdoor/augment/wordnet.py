@@ -8,11 +8,13 @@ package ships. So on first use the database files of ``wordnet-base`` (``/usr/sh
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import marshal
 import os
 import re
 import shutil
+import socket
 import warnings
 from collections import defaultdict
 from functools import cache
@@ -98,12 +100,16 @@ def wordnet() -> WordNetCorpusReader:
 
 def _load() -> WordNetCorpusReader:
     """A new reader: its in-memory indices from :func:`_read_index` (~0.4 s) or, the first time, parsed from
-    the index and exception files (~1.5 s) and kept there; ``data.adj`` is opened."""
+    the index and exception files (~1.5 s) and kept beside them."""
     import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
-    data_dir = install_wordnet()
-    index = _read_index(data_dir / "corpora" / "wordnet")
+    data_dir = str(install_wordnet())
+    if data_dir not in nltk.data.path:
+        nltk.data.path.insert(0, data_dir)  # nltk reads only from its data path
+    root = nltk.data.find("corpora/wordnet")
+    corpus = Path(root.path)  # the copy nltk reads: its index must come from the same files
+    index = _read_index(corpus)
 
     class EnglishWordNet(WordNetCorpusReader):
         def map_wn(self, version: str = "wordnet") -> None:
@@ -121,28 +127,29 @@ def _load() -> WordNetCorpusReader:
         def _load_lemma_pos_offset_map(self) -> None:
             if index is None:
                 return super()._load_lemma_pos_offset_map()
-            self._lemma_pos_offset_map = defaultdict(dict, index["lemmas"])
+            self._lemma_pos_offset_map = defaultdict(dict, index.pop("lemmas"))  # not held twice
 
         def _load_exception_map(self) -> None:
             if index is None:
                 return super()._load_exception_map()
             self._exception_map = index["exceptions"]
 
-    if str(data_dir) not in nltk.data.path:
-        nltk.data.path.insert(0, str(data_dir))  # nltk reads only from its data path
     with warnings.catch_warnings():  # "multilingual functions are not available": we need none
         warnings.simplefilter("ignore", UserWarning)
-        reader = EnglishWordNet(nltk.data.find("corpora/wordnet"), None)
+        reader = EnglishWordNet(root, None)
     if index is None:
-        _keep_index(data_dir / "corpora" / "wordnet", reader)
+        _keep_index(corpus, reader)
     return reader
 
 
+INDEX_FORMAT = 1  # the kept index's layout (its keys): a new layout is a new file, never a misread old one
+
+
 def _index_path(corpus: Path) -> Path:
-    """Where the parsed indices are kept: per nltk version (it parses them) and marshal format."""
+    """Where the parsed indices are kept: per layout, nltk version (it parses them) and marshal format."""
     import nltk
 
-    return corpus / f"index-nltk{nltk.__version__}-marshal{marshal.version}.bin"
+    return corpus / f"index-v{INDEX_FORMAT}-nltk{nltk.__version__}-marshal{marshal.version}.bin"
 
 
 def _fingerprint(corpus: Path) -> list[tuple[str, int, int]]:
@@ -169,12 +176,13 @@ def _keep_index(corpus: Path, reader: WordNetCorpusReader) -> None:
         "exceptions": reader._exception_map,
     }
     path = _index_path(corpus)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # hosts may share the folder
     try:
         tmp.write_bytes(marshal.dumps(index))
         tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
     except (OSError, ValueError) as err:  # a read-only data folder: parse again next time
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         warnings.warn(f"{path}: WordNet's parsed index not kept ({err}); each process parses it", stacklevel=2)
 
 
@@ -186,7 +194,7 @@ def _reopen_in_this_process(reader: WordNetCorpusReader) -> WordNetCorpusReader:
     """
     if not hasattr(reader, "_data_file_map"):
         return _load()
-    reader._data_file_map = {}  # data.{noun,verb,adj,adv}: seek + readline per synset (adj opened at load)
+    reader._data_file_map = {}  # data.{noun,verb,adj,adv}: seek + readline per synset, opened on first use
     reader._key_count_file = reader._key_synset_file = None  # cntlist.rev, index.sense: opened on demand
     return reader
 

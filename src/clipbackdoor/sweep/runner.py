@@ -365,11 +365,13 @@ class Worker:
                 if not self.taken_over.intersection(started):
                     raise
             finally:
-                for trial_id in set(started) - self.taken_over:  # an interrupted trial resumes next time
-                    trial = self.study._storage.get_trial(trial_id)
-                    if trial.state == TrialState.FAIL and "failure" not in trial.user_attrs:
-                        queue_retry(self.study, trial)
-                self._wake()
+                try:
+                    for trial_id in set(started) - self.taken_over:  # an interrupted trial resumes next time
+                        trial = self.study._storage.get_trial(trial_id)
+                        if trial.state == TrialState.FAIL and "failure" not in trial.user_attrs:
+                            queue_retry(self.study, trial)
+                finally:
+                    self._wake()
 
     def _objective(self, trial: optuna.Trial, started: list[int], slot: Slot = ()) -> float | tuple[float, float]:
         started.append(trial._trial_id)
