@@ -1,0 +1,126 @@
+"""The import graph of a package, read with ``ast`` (nothing is imported): which of its modules each module
+imports, and whether at module level or inside a function. The architecture test judges it."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``source`` imports ``target`` (both dotted module names of the package) at ``line``."""
+
+    source: str
+    target: str
+    line: int
+    in_function: bool
+    comment: str  # the text after ``#`` on the import's line or the line above it
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_modules(root: Path) -> dict[str, Path]:
+    """Every module of the package at ``root`` (a folder with ``__init__.py``), by dotted name."""
+    return {module_name(root, p): p for p in sorted(root.rglob("*.py"))}
+
+
+def _resolve(node: ast.ImportFrom, current: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    base = current.split(".") if is_package else current.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _targets(node: ast.Import | ast.ImportFrom, current: str, is_package: bool, modules: set[str]) -> list[str]:
+    """The package's modules an import statement loads explicitly: ``from a import b`` names ``a.b`` when that
+    is a module, else ``a``. A parent package that Python loads on the way is not counted: a submodule that
+    imports a sibling does not thereby import its own ``__init__``."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = _resolve(node, current, is_package)
+        names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+    return [n for n in dict.fromkeys(names) if n in modules]
+
+
+class _Visitor(ast.NodeVisitor):
+    def __init__(self, current: str, is_package: bool, modules: set[str], lines: list[str]):
+        self.current, self.is_package, self.modules, self.lines = current, is_package, modules, lines
+        self.depth = 0
+        self.edges: list[Edge] = []
+
+    def _function(self, node: ast.AST) -> None:
+        self.depth += 1
+        self.generic_visit(node)
+        self.depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _function
+
+    def _comment(self, line: int) -> str:
+        here = self.lines[line - 1].partition("#")[2].strip()
+        above = self.lines[line - 2].strip() if line >= 2 else ""
+        return here or (above[1:].strip() if above.startswith("#") else "")
+
+    def _import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for target in _targets(node, self.current, self.is_package, self.modules):
+            if target != self.current:
+                self.edges.append(Edge(self.current, target, node.lineno, self.depth > 0, self._comment(node.lineno)))
+
+    visit_Import = visit_ImportFrom = _import
+
+
+def import_edges(root: Path) -> list[Edge]:
+    """All imports between the modules of the package at ``root``, function-level ones included."""
+    modules = package_modules(root)
+    edges: list[Edge] = []
+    for name, path in modules.items():
+        text = path.read_text()
+        visitor = _Visitor(name, path.name == "__init__.py", set(modules), text.splitlines())
+        visitor.visit(ast.parse(text, filename=str(path)))
+        edges += visitor.edges
+    return edges
+
+
+def cycles(edges: list[Edge]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted: every import cycle."""
+    graph: dict[str, set[str]] = {}
+    for e in edges:
+        graph.setdefault(e.source, set()).add(e.target)
+        graph.setdefault(e.target, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
