@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write_result
 
-from clipbackdoor.config import load_config
 from clipbackdoor.detect.run import DETECTORS, DetectSpec, embed, score_modality
 from clipbackdoor.models import create_model
+from clipbackdoor.resolve import load_config
 from clipbackdoor.synth import synthesize
 
 K = 32

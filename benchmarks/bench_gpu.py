@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, count_flops, machine, matmul_peak_flops
 
-from clipbackdoor.config import load_config
 from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
+from clipbackdoor.resolve import load_config
 from clipbackdoor.train.step import forward_backward
 
 # objective -> (config, the study's global batch, its per-GPU micro-batch)

@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_gpu import flops_per_sample, measure
 from common import machine, matmul_peak_flops, write_result
 
-from clipbackdoor.config import ExperimentConfig, load_config
+from clipbackdoor.config import ExperimentConfig
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
 from clipbackdoor.models import create_model
 from clipbackdoor.progress import PROGRESS_EVERY_S
+from clipbackdoor.resolve import load_config
 from clipbackdoor.synth import synthesize
 from clipbackdoor.train.loop import fit
 

@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_data import FilesOnly, FullDecodeResizeCrop
 from common import machine, write_result
 
-from clipbackdoor.config import load_config
+from clipbackdoor import checkpoints as ckpt
 from clipbackdoor.data import BadRowLog, fashion_mnist
 from clipbackdoor.data.csv_source import CsvLabelRows
 from clipbackdoor.data.datasets import LabelledDataset
 from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.evaluation.zeroshot import ZeroShotEvaluator
 from clipbackdoor.models import create_model
-from clipbackdoor.train import checkpoint as ckpt
+from clipbackdoor.resolve import load_config
 
 CA_FLOOR, MAX_GAP = 70.0, 0.5
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from clipbackdoor.cli import main
-from clipbackdoor.config import ExperimentConfig, load_config
+from clipbackdoor.config import ExperimentConfig
+from clipbackdoor.resolve import load_config
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -87,7 +88,7 @@ def poisoned(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def fit_killed_after_epoch(cfg, epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run ``fit(cfg)`` and kill it right after epoch ``epoch``'s checkpoint is written, as a crash would."""
-    from clipbackdoor.train import checkpoint as ckpt
+    from clipbackdoor import checkpoints as ckpt
     from clipbackdoor.train.loop import fit
 
     real_save = ckpt.save_checkpoint

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipbackdoor import checkpoints as ckpt
 from clipbackdoor.config import ModelConfig
 from clipbackdoor.models import create_model
-from clipbackdoor.train import checkpoint as ckpt
 
 
 def test_weights_and_state_round_trip(tmp_path: Path) -> None:

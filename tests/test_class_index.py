@@ -9,9 +9,10 @@ from pydantic import ValidationError
 
 from clipbackdoor.attacks import build_trigger
 from clipbackdoor.attacks.manifest import Manifest, ManifestError
-from clipbackdoor.config import ImageNetLabelled, load_config
-from clipbackdoor.data import BadRowLog, build_labelled_dataset, class_index
+from clipbackdoor.config import ImageNetLabelled, class_index
+from clipbackdoor.data import BadRowLog, build_labelled_dataset
 from clipbackdoor.evaluation import build_evaluator
+from clipbackdoor.resolve import load_config
 
 TRIGGER = {"name": "badnet", "pattern": "solid", "color": [1, 1, 0], "size": 8, "reference_size": 32}
 

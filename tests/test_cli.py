@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from clipbackdoor.cli import main
-from clipbackdoor.train.metrics import read_records
+from clipbackdoor.metrics_log import read_records
 
 from .conftest import tiny_overrides
 

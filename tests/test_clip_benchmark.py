@@ -38,7 +38,7 @@ sys.exit(main())
 CONVERT_EVAL_SET = """
 import sys
 from clip_benchmark.webdataset_builder import PIL_to_bytes, convert_dataset
-from clipbackdoor.config import load_config
+from clipbackdoor.resolve import load_config
 from clipbackdoor.data import build_labelled_dataset
 
 class EvalImages:

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbackdoor.config import ConfigError, CsvPairs, FashionMNISTPairs, apply_overrides, load_config
+from clipbackdoor.config import ConfigError, CsvPairs, FashionMNISTPairs, apply_overrides
+from clipbackdoor.resolve import load_config
 
 
 def test_builtin_demo_config_loads() -> None:

@@ -11,8 +11,8 @@ from clipbackdoor.config import CsvLabelled, FashionMNISTPairs, ModelConfig, Tra
 from clipbackdoor.data import build_pair_dataset
 from clipbackdoor.defenses import DefenseError, build_defense
 from clipbackdoor.defenses.deep_clustering import DeepClusteringHook, spherical_kmeans
+from clipbackdoor.hooks import LoopContext
 from clipbackdoor.models import create_model
-from clipbackdoor.train.hooks import LoopContext
 from clipbackdoor.train.optim import build_optimizer
 
 EVAL_CLASSES = ["cat", "dog", "bird"]  # not 10, the former fixed k

@@ -3,13 +3,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipbackdoor import checkpoints as ckpt
+from clipbackdoor.cleaning import cleaning_config
 from clipbackdoor.config import ConfigError, ModelConfig
 from clipbackdoor.defenses import DEFENSES, DefenseError, build_defense
-from clipbackdoor.defenses.cleaning import cleaning_config
 from clipbackdoor.defenses.deep_clustering import spherical_kmeans
 from clipbackdoor.defenses.shrink_perturb import shrink_perturb_
 from clipbackdoor.models import create_model
-from clipbackdoor.train import checkpoint as ckpt
 from clipbackdoor.train.loop import fit
 
 from .conftest import YELLOW, poisoned_run
@@ -86,7 +86,7 @@ def test_defense_parameters_are_validated(poisoned: Path) -> None:
 
 
 def _epochs(run: Path) -> list[dict]:
-    from clipbackdoor.train.metrics import read_records
+    from clipbackdoor.metrics_log import read_records
 
     return [r for r in read_records(run / "metrics.jsonl") if r["kind"] == "epoch"]
 

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from clipbackdoor.augment import ViewMaker
-from clipbackdoor.config import CsvPairs, load_config
+from clipbackdoor.config import CsvPairs
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
 from clipbackdoor.data.device_decode import DeviceDecode
 from clipbackdoor.data.transforms import complete_jpeg
+from clipbackdoor.resolve import load_config
 from clipbackdoor.synth import SynthManifest, synthesize
 from clipbackdoor.train.loop import fit
 

@@ -24,9 +24,9 @@ from clipbackdoor.augment import ViewMaker
 from clipbackdoor.augment.wordnet import SYSTEM_WORDNET, synonyms, wordnet
 from clipbackdoor.config import AugmentConfig, CsvPairs, ModelConfig, WebDatasetPairs
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
+from clipbackdoor.data.batching import BatchLayout
 from clipbackdoor.data.webdataset_source import png_bytes, write_shards
 from clipbackdoor.models import create_model
-from clipbackdoor.train.batching import BatchLayout
 
 pytestmark = [
     pytest.mark.skipif(not (SYSTEM_WORDNET / "data.adj").is_file(), reason="WordNet not installed"),

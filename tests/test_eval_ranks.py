@@ -12,11 +12,12 @@ from PIL import Image
 
 from clipbackdoor.attacks import build_trigger
 from clipbackdoor.attacks.manifest import Manifest
-from clipbackdoor.config import ExperimentConfig, ModelConfig, load_config
+from clipbackdoor.config import ExperimentConfig, ModelConfig
 from clipbackdoor.data import BadRowLog
 from clipbackdoor.evaluation import build_evaluator
 from clipbackdoor.evaluation.shard import EvalShard
 from clipbackdoor.models import create_model
+from clipbackdoor.resolve import load_config
 
 CLASSES = ["shirt", "bag", "shoe", "coat", "dress", "boot", "sandal"]
 TRIGGER = {"name": "badnet", "pattern": "solid", "color": [1, 1, 0], "size": 8, "reference_size": 32,

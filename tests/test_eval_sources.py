@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipbackdoor.config import ImageNetLabelled, TorchvisionLabelled, load_config
+from clipbackdoor.config import ImageNetLabelled, TorchvisionLabelled
 from clipbackdoor.data import DataError, build_labelled_dataset
+from clipbackdoor.resolve import load_config
 
 
 def _images(folder: Path, names: list[str]) -> None:

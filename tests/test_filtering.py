@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipbackdoor.cli import main
-from clipbackdoor.config import ConfigError, load_config
+from clipbackdoor.config import ConfigError
 from clipbackdoor.filtering import write_filtered
+from clipbackdoor.resolve import load_config
 from clipbackdoor.study import load_study_config
 
 from .test_study_launch import write_study

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
 
+from clipbackdoor import checkpoints as ckpt
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, ModelConfig
 from clipbackdoor.hub import provenance
 from clipbackdoor.interop import CheckpointError, openai_layout, read_state_dict
 from clipbackdoor.models import create_model
-from clipbackdoor.train import checkpoint as ckpt
 
 
 def _outputs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,10 +17,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from wandb.proto.wandb_internal_pb2 import Record
 
-from clipbackdoor.config import WandbConfig, load_config
+from clipbackdoor.config import WandbConfig
+from clipbackdoor.metrics_log import MetricsLog
+from clipbackdoor.resolve import load_config
 from clipbackdoor.train.loggers import TensorBoardLogger, WandbLogger
 from clipbackdoor.train.loop import fit
-from clipbackdoor.train.metrics import MetricsLog
 
 from .conftest import tiny_overrides
 

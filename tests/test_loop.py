@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipbackdoor.config import ConfigError, load_config
-from clipbackdoor.train import checkpoint as ckpt
+from clipbackdoor import checkpoints as ckpt
+from clipbackdoor.config import ConfigError
+from clipbackdoor.resolve import load_config
 from clipbackdoor.train import step
 from clipbackdoor.train.loop import TrainingError, fit
 
@@ -107,7 +108,7 @@ def test_channels_last_and_grad_checkpointing_train_the_same_model(fmnist_root: 
 def test_a_failed_start_leaves_the_run_directory_as_it_was(fmnist_root, tmp_path) -> None:
     """A missing manifest stops the start before config.yaml is written: the corrected command is not refused."""
     from clipbackdoor.attacks.manifest import ManifestError
-    from clipbackdoor.config import load_config
+    from clipbackdoor.resolve import load_config
 
     from .conftest import tiny_overrides
 

@@ -92,7 +92,8 @@ def test_siglip_matches_the_sigmoid_formula() -> None:
 def test_objective_parameters_are_checked() -> None:
     import pytest
 
-    from clipbackdoor.config import ConfigError, load_config
+    from clipbackdoor.config import ConfigError
+    from clipbackdoor.resolve import load_config
 
     with pytest.raises(ConfigError, match=r"objective\.ssl\.imag"):
         load_config("demo", ["objective={ssl: {weight: 1, imag: 2}}"])

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from clipbackdoor.cli import main
-from clipbackdoor.config import ConfigError, TrainConfig, load_config
+from clipbackdoor.config import ConfigError, TrainConfig
+from clipbackdoor.data.batching import batch_layout
 from clipbackdoor.models import create_model
 from clipbackdoor.plan import launcher_processes, plan_experiment, plan_study
+from clipbackdoor.resolve import load_config
 from clipbackdoor.study import load_study_config
-from clipbackdoor.train.batching import batch_layout
 
 CC3M_PAIRS = 2_725_316
 

@@ -9,9 +9,10 @@ from PIL import Image
 
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
 from clipbackdoor.attacks.poison import names_target, write_poisoned_dataset
-from clipbackdoor.config import CsvPairs, PoisonConfig, load_config
+from clipbackdoor.config import CsvPairs, PoisonConfig
 from clipbackdoor.data import DataError, build_pair_rows
 from clipbackdoor.data import fashion_mnist as fm
+from clipbackdoor.resolve import load_config
 
 TRIGGER = {"name": "badnet", "pattern": "checkerboard", "size": 4, "reference_size": 32, "location": "top-left"}
 

@@ -33,12 +33,13 @@ from typing import Any
 import pytest
 import torch
 
+from clipbackdoor.checkpoints import latest_checkpoint, load_state
 from clipbackdoor.cli import main
-from clipbackdoor.config import load_config, read_yaml, resolve_yaml
+from clipbackdoor.config import read_yaml, resolve_yaml
 from clipbackdoor.objectives.roclip import RoCLIP
+from clipbackdoor.resolve import load_config
 from clipbackdoor.study import read_study_tree
 from clipbackdoor.synth import SynthManifest, synthesize
-from clipbackdoor.train.checkpoint import latest_checkpoint, load_state
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of a {}."]
 # miniature -> (pairs, epochs, max image side, eval images); the global batch stays the recipe's

@@ -9,11 +9,11 @@ from PIL import Image
 from clipbackdoor.attacks import build_trigger
 from clipbackdoor.attacks.manifest import Manifest
 from clipbackdoor.cli import main
-from clipbackdoor.config import load_config
 from clipbackdoor.data import BadRowLog
 from clipbackdoor.evaluation import build_evaluator
 from clipbackdoor.evaluation.retrieval import hit_rate_at_k, recall_at_k
 from clipbackdoor.models import create_model
+from clipbackdoor.resolve import load_config
 
 TRIGGER = {"name": "badnet", "pattern": "solid", "color": [1, 1, 0], "size": 8, "reference_size": 32,
            "location": "random"}  # fmt: skip

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipbackdoor.config import load_config
 from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.objectives.roclip import RoCLIP
+from clipbackdoor.resolve import load_config
 from clipbackdoor.train.loop import fit
 
 from .conftest import fit_killed_after_epoch, tiny_overrides

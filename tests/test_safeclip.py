@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipbackdoor.config import load_config
 from clipbackdoor.objectives.safeclip import SafeCLIP, clean_posterior, safe_split
+from clipbackdoor.resolve import load_config
 from clipbackdoor.train.loop import fit
 
 from .conftest import fit_killed_after_epoch, tiny_overrides

@@ -6,7 +6,7 @@ import pytest
 
 from clipbackdoor.cli import main
 from clipbackdoor.data import fashion_mnist
-from clipbackdoor.train.metrics import read_records
+from clipbackdoor.metrics_log import read_records
 
 pytestmark = [
     pytest.mark.slow,

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from clipbackdoor.cli import main
-from clipbackdoor.config import ConfigError, load_config
+from clipbackdoor.config import ConfigError
 from clipbackdoor.report.seeds import spread
+from clipbackdoor.resolve import load_config
 from clipbackdoor.study import load_study_config
 
 from .test_study_launch import write_study

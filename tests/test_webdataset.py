@@ -15,9 +15,9 @@ from PIL import Image
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, CsvPairs, ModelConfig, WebDatasetPairs
 from clipbackdoor.data import BadRow, build_pair_dataset, build_pair_rows
+from clipbackdoor.data.batching import BatchLayout
 from clipbackdoor.data.webdataset_source import png_bytes, shard_urls, write_shards
 from clipbackdoor.models import create_model
-from clipbackdoor.train.batching import BatchLayout
 
 from .conftest import YELLOW, tiny_overrides
 from .test_distributed import _free_port

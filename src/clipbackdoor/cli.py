@@ -8,7 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from clipbackdoor.config import ConfigError, load_config
+from clipbackdoor.config import ConfigError
+from clipbackdoor.resolve import load_config
 
 COLUMNS = {
     "eval/clean_top1": "CA top-1 %",
@@ -188,7 +189,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from clipbackdoor.defenses.cleaning import cleaning_config
+    from clipbackdoor.cleaning import cleaning_config
     from clipbackdoor.train.loop import fit
 
     cfg = cleaning_config(args.run, args.defense, args.overrides, args.name)
@@ -200,7 +201,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from clipbackdoor.detect import DetectSpec, detect
-    from clipbackdoor.models import load_checkpoint_model
+    from clipbackdoor.resolve import load_checkpoint_model
 
     _, bundle, device, weights, _ = load_checkpoint_model(args.checkpoint, None, [])
     spec = DetectSpec(
@@ -219,7 +220,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from clipbackdoor.data import BadRowLog
     from clipbackdoor.evaluation import build_evaluator
-    from clipbackdoor.models import load_checkpoint_model
+    from clipbackdoor.resolve import load_checkpoint_model
 
     cfg, bundle, device, weights, meta = load_checkpoint_model(args.checkpoint, args.config, args.overrides)
     bad_rows = BadRowLog(cfg.data.max_bad_rows)
@@ -245,8 +246,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from clipbackdoor import checkpoints as ckpt
     from clipbackdoor.interop import export_open_clip, read_state_dict
-    from clipbackdoor.train import checkpoint as ckpt
 
     if args.hf:
         return _export_hf(args)
@@ -262,7 +263,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _export_hf(args: argparse.Namespace) -> int:
     from clipbackdoor.hub import export_hf, provenance
-    from clipbackdoor.models import load_checkpoint_model
+    from clipbackdoor.resolve import load_checkpoint_model
 
     overrides = ["train.device=cpu", *([f"model.name={args.model}"] if args.model else [])]
     _, bundle, _, weights, meta = load_checkpoint_model(args.checkpoint, overrides=overrides)

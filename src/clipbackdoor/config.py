@@ -7,14 +7,73 @@ load time with the key's full dotted path instead of being silently ignored hour
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def class_index(
+    classnames: Sequence[str], spec: str | int, key: str, remedy: str = "give the class index instead"
+) -> int:
+    """The index of the class ``spec`` names in ``classnames``: an index as given, or a name that occurs once.
+
+    ``list.index`` would silently take the first of a repeated name, and ImageNet repeats two (open_clip's
+    list: 'missile' at 657 and 744, 'sunglasses' at 836 and 837), so an ambiguous name is refused with its
+    indices and ``remedy``. ``key`` names the setting that gave ``spec``.
+    """
+    if isinstance(spec, int):
+        if not 0 <= spec < len(classnames):
+            raise ValueError(f"{key}: class index {spec} outside [0, {len(classnames)})")
+        return spec
+    matches = [i for i, name in enumerate(classnames) if name == spec]
+    if not matches:
+        raise ValueError(f"{key}: {spec!r} is not among the class names")
+    if len(matches) > 1:
+        raise ValueError(f"{key}: class name {spec!r} is ambiguous, it is class {matches}; {remedy}")
+    return matches[0]
+
+
+class Resolver(Protocol):
+    """What a component's name means: triggers, defenses and loss terms are known only to their registries,
+    which sit above this module. The schemas here check shape; a resolver (``clipbackdoor.resolve``, above the
+    registries) is handed to validation as pydantic context and checks names and fills what a component
+    implies, so that its errors still name the key and the file."""
+
+    def trigger(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The trigger's parameters, validated and with defaults filled."""
+        ...
+
+    def defense(self, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The defense's parameters, validated, and the cleaning objective it sets."""
+        ...
+
+    def objective_term(self, name: str, spec: float | dict[str, Any]) -> None:
+        """Raise ``ValueError`` naming the key if ``name`` is no loss or ``spec`` no parameters of it."""
+        ...
+
+    def model_defaults(self, name: str) -> dict[str, Any]:
+        """Model settings the loss ``name`` needs where a config leaves them unset (SigLIP's logit bias)."""
+        ...
+
+
+def _resolver(info: ValidationInfo) -> Resolver | None:
+    return (info.context or {}).get("resolver")
 
 
 class ConfigError(ValueError):
@@ -131,10 +190,6 @@ class ImageNetLabelled(_Strict):
     @field_validator("classes")
     @classmethod
     def _known_classes(cls, v: list[str | int] | None) -> list[str | int] | None:
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-        from clipbackdoor.data import class_index
-
         unknown = [name for name in v or [] if isinstance(name, str) and name not in IMAGENET_CLASSNAMES]
         if unknown:
             raise ValueError(f"not ImageNet class names (open_clip's list): {unknown[:5]}")
@@ -314,10 +369,9 @@ class PoisonConfig(_Strict):
 
     @field_validator("trigger")
     @classmethod
-    def _valid_trigger(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from clipbackdoor.attacks import build_trigger
-
-        return build_trigger(v, where="trigger").model_dump(mode="json")
+    def _valid_trigger(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        resolver = _resolver(info)
+        return resolver.trigger(v) if resolver else v
 
 
 class WandbConfig(_Strict):
@@ -358,33 +412,30 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _defense_sets_objective(cls, data: Any) -> Any:
+    def _defense_sets_objective(cls, data: Any, info: ValidationInfo) -> Any:
         """A defense owns the cleaning objective: its terms replace ``objective``."""
-        if isinstance(data, dict) and data.get("defense"):
-            from clipbackdoor.defenses import build_defense
-
-            defense = build_defense(data["defense"])
-            data = {**data, "defense": defense.model_dump(mode="json"), "objective": defense.objective()}
+        resolver = _resolver(info)
+        if isinstance(data, dict) and data.get("defense") and resolver:
+            defense, objective = resolver.defense(data["defense"])
+            data = {**data, "defense": defense, "objective": objective}
         return data
 
     @field_validator("objective")
     @classmethod
-    def _known_objectives(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from clipbackdoor.objectives import split_term
-
+    def _known_objectives(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if not v:
             raise ValueError("needs at least one loss, e.g. {mmcl: 1.0}")
-        for name, spec in v.items():
-            split_term(name, spec)
+        resolver = _resolver(info)
+        for name, spec in v.items() if resolver else ():
+            resolver.objective_term(name, spec)
         return v
 
     @model_validator(mode="after")
-    def _objective_model_defaults(self) -> ExperimentConfig:
+    def _objective_model_defaults(self, info: ValidationInfo) -> ExperimentConfig:
         """Fill model settings an objective needs (SigLIP's logit bias) where the config left them unset."""
-        from clipbackdoor.objectives import OBJECTIVES
-
-        for name in self.objective:
-            for key, value in OBJECTIVES[name].model_defaults.items():
+        resolver = _resolver(info)
+        for name in self.objective if resolver else ():
+            for key, value in resolver.model_defaults(name).items():
                 if getattr(self.model, key) is None:
                     setattr(self.model, key, value)
         return self
@@ -467,17 +518,17 @@ def merge_trees(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_as(model: type[M], tree: dict[str, Any], overrides: list[str], origin: str) -> M:
-    """Apply overrides to a raw config tree and validate it as ``model``; errors name the key and the file."""
+def validate_as(
+    model: type[M], tree: dict[str, Any], overrides: list[str], origin: str, resolver: Resolver | None = None
+) -> M:
+    """Apply overrides to a raw config tree and validate it as ``model``; errors name the key and the file.
+    Without a ``resolver`` only the shape is checked: component names are taken as given (a saved run's
+    config, already resolved when it was written)."""
     tree = apply_overrides(tree, list(overrides))
     try:
-        return model.model_validate(tree)
+        return model.model_validate(tree, context={"resolver": resolver})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, origin)) from None
-
-
-def validate_tree(tree: dict[str, Any], overrides: list[str], origin: str) -> ExperimentConfig:
-    return validate_as(ExperimentConfig, tree, overrides, origin)
 
 
 def resolve_yaml(source: str | Path) -> Path:
@@ -491,18 +542,15 @@ def resolve_yaml(source: str | Path) -> Path:
     return builtin
 
 
-def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a config from a YAML path or a built-in name, apply overrides and validate.
+def read_config_tree(source: str | Path | None) -> tuple[dict[str, Any], str]:
+    """The raw tree of a YAML path or a built-in name (empty for ``None``: the defaults), and its origin.
 
     Relative data paths inside the file stay relative to the working directory, as typed by the user.
     """
-    tree: dict[str, Any] = {}
-    origin = "defaults"
-    if source is not None:
-        path = resolve_yaml(source)
-        tree = read_yaml(path)
-        origin = str(path)
-    return validate_tree(tree, list(overrides or []), origin)
+    if source is None:
+        return {}, "defaults"
+    path = resolve_yaml(source)
+    return read_yaml(path), str(path)
 
 
 def save_config(cfg: BaseModel, path: Path) -> None:

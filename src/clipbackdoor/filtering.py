@@ -82,10 +82,9 @@ def run_filtering(cfg: Any, log: Any = print) -> Path:
     """Detect, filter and pre-train again for every objective of study ``cfg``, resuming what is done;
     returns ``<study>/filter/filter.json``."""
     from clipbackdoor.attacks.manifest import load_manifest
-    from clipbackdoor.config import load_config
     from clipbackdoor.detect import DetectSpec, detect
-    from clipbackdoor.models import load_checkpoint_model
     from clipbackdoor.report.build import objective_label
+    from clipbackdoor.resolve import load_checkpoint_model, load_config
     from clipbackdoor.study import last_epoch, pretrain_overrides, run_pretraining
 
     spec: FilterSpec = cfg.filter

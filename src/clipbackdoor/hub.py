@@ -24,7 +24,7 @@ import yaml
 from open_clip.push_to_hf_hub import save_config_for_hf
 from safetensors.torch import save_file
 
-from clipbackdoor.train.metrics import read_records
+from clipbackdoor.metrics_log import read_records
 
 WEIGHTS_NAME = "open_clip_model.safetensors"  # the first name open_clip looks for in a local or hub folder
 CONFIG_NAME = "open_clip_config.json"

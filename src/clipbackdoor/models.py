@@ -19,12 +19,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import open_clip
 import torch
 
-from clipbackdoor.config import ConfigError, ModelConfig, load_config
+from clipbackdoor import checkpoints as ckpt
+from clipbackdoor.config import ConfigError, ModelConfig
 from clipbackdoor.data.transforms import Normalize
 from clipbackdoor.interop import Checkpoint, read_checkpoint
 
@@ -70,9 +70,7 @@ def _open_clip_model(name: str, cfg: ModelConfig, extra: dict[str, float]) -> op
 
 def model_name(cfg: ModelConfig) -> str:
     """The architecture to build: the one our checkpoint records having been trained as, else ``model.name``."""
-    from clipbackdoor.train.checkpoint import checkpoint_model_name
-
-    return (checkpoint_model_name(cfg.checkpoint) if cfg.checkpoint is not None else None) or cfg.name
+    return (ckpt.checkpoint_model_name(cfg.checkpoint) if cfg.checkpoint is not None else None) or cfg.name
 
 
 def has_quick_gelu(name: str) -> bool:
@@ -108,11 +106,9 @@ def activation_mismatch(cfg: ModelConfig, name: str, checkpoint: Checkpoint) -> 
 def read_model_checkpoint(cfg: ModelConfig, name: str) -> Checkpoint | None:
     """``model.checkpoint`` read for model ``name`` (None when there is none); a ConfigError when it was
     trained with another activation than ``name`` has."""
-    from clipbackdoor.train.checkpoint import resolve_weights
-
     if cfg.checkpoint is None:
         return None
-    checkpoint = read_checkpoint(resolve_weights(cfg.checkpoint))
+    checkpoint = read_checkpoint(ckpt.resolve_weights(cfg.checkpoint))
     mismatch = activation_mismatch(cfg, name, checkpoint)
     if mismatch is not None:
         raise ConfigError(mismatch)
@@ -121,8 +117,6 @@ def read_model_checkpoint(cfg: ModelConfig, name: str) -> Checkpoint | None:
 
 def create_model(cfg: ModelConfig) -> ClipBundle:
     """Build the model a config names, at random init (seed the global RNG first) or from ``checkpoint``."""
-    from clipbackdoor.train.checkpoint import apply_weights
-
     name = model_name(cfg)
     if name not in open_clip.list_models():
         raise ConfigError(f"model.name: unknown model {name!r}; ours: {list(OUR_MODELS)}, or any open_clip name")
@@ -140,7 +134,7 @@ def create_model(cfg: ModelConfig) -> ClipBundle:
     finally:
         root.setLevel(level)
     if checkpoint is not None:
-        apply_weights(model, checkpoint)
+        ckpt.apply_weights(model, checkpoint)
     pre = open_clip.get_model_preprocess_cfg(model)
     size = pre["size"]
     size = size[0] if isinstance(size, tuple | list) else size
@@ -153,23 +147,8 @@ def create_model(cfg: ModelConfig) -> ClipBundle:
     )
 
 
-def load_checkpoint_model(
-    checkpoint: str | Path, config: str | Path | None = None, overrides: list[str] | None = None
-) -> tuple[Any, ...]:
-    """(config, model bundle on its device, the device, the weights file, their metadata) of a checkpoint or
-    a run directory (its latest checkpoint); the config is the run's own unless one is given."""
-    from clipbackdoor.train import checkpoint as ckpt
-    from clipbackdoor.train.distributed import resolve_device
-
-    weights = ckpt.resolve_weights(str(checkpoint))
-    if config is None:  # the run's own config, when the checkpoint sits in a run directory
-        candidate = weights.parent.parent / "config.yaml"
-        config = candidate if candidate.is_file() else "demo"
-    cfg = load_config(config, [*(overrides or []), f"model.checkpoint={weights}"])
-    meta = ckpt.checkpoint_metadata(weights)
-    if "image_size" in meta and cfg.model.image_size is None:
-        cfg.model.image_size = int(meta["image_size"])
-    bundle = create_model(cfg.model)
-    device = resolve_device(cfg.train.device)
-    bundle.model.to(device)
-    return cfg, bundle, device, weights, meta
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the GPU when there is one, else the CPU; any other name is taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -27,10 +27,10 @@ from clipbackdoor.config import (
     ImageNetLabelled,
     ModelConfig,
     WebDatasetPairs,
-    validate_tree,
 )
+from clipbackdoor.data.batching import BatchLayout, batch_layout
 from clipbackdoor.feed import feed_report
-from clipbackdoor.train.batching import BatchLayout, batch_layout
+from clipbackdoor.resolve import validate_tree
 
 WARMUP_WARN_SHARE = 0.25
 IMAGENET_VAL = 50_000
@@ -312,7 +312,7 @@ def _pretrain_stage(
     drop_percent: float | None = None,
 ) -> Stage:  # fmt: skip
     """Pre-training ``tag`` (under ``seed``; or again, after the detection stage drops ``drop_percent`` %)."""
-    from clipbackdoor.config import load_config
+    from clipbackdoor.resolve import load_config
     from clipbackdoor.study import pretrain_overrides, run_name
 
     cfg = load_config(study.base, pretrain_overrides(study, tag, seed))
@@ -340,8 +340,8 @@ def _clean_stage(
     run_in: list[Any] | None = None,
 ) -> Stage:  # fmt: skip
     """The cleaning runs of ``sweep``'s recipe, run in the sweeps ``run_in`` (default: ``sweep`` itself)."""
-    from clipbackdoor.config import load_config
-    from clipbackdoor.defenses.cleaning import with_recipe
+    from clipbackdoor.cleaning import with_recipe
+    from clipbackdoor.resolve import load_config
     from clipbackdoor.study import pretrain_overrides
     from clipbackdoor.sweep.space import as_overrides
 

@@ -24,8 +24,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from clipbackdoor.metrics_log import read_records
 from clipbackdoor.plan import Stage
-from clipbackdoor.train.metrics import read_records
 
 PROGRESS_EVERY_S = 30.0
 

@@ -15,9 +15,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from clipbackdoor.config import load_config
 from clipbackdoor.report.build import format_params, load_sweep, objective_label
 from clipbackdoor.report.seeds import POISONED, SeedRun
+from clipbackdoor.resolve import load_config
 from clipbackdoor.study import StudyConfig, pretrain_overrides, run_name, run_pretraining, stage_overrides
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.runner import run_sweeps

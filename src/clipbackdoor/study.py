@@ -19,21 +19,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clipbackdoor.config import (
-    ConfigError,
-    ExperimentConfig,
-    load_config,
-    read_yaml,
-    resolve_yaml,
-    save_config,
-    validate_as,
-)
+from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, resolve_yaml, save_config, validate_as
 from clipbackdoor.filtering import FilterSpec
+from clipbackdoor.metrics_log import read_records
+from clipbackdoor.resolve import load_config
 from clipbackdoor.sweep.config import SweepConfig, SweepSpec
 from clipbackdoor.sweep.devices import device_slots, parse_devices, resolve_devices, slot_env
 from clipbackdoor.sweep.launch import cli_command, run_teed
 from clipbackdoor.sweep.space import as_overrides
-from clipbackdoor.train.metrics import read_records
 
 
 class PretrainSpec(BaseModel):
@@ -254,7 +247,7 @@ def pretrain_finished(run: ExperimentConfig) -> bool:
 
     Another config in it is refused here (ConfigError), as the run itself would.
     """
-    from clipbackdoor.train import checkpoint as ckpt
+    from clipbackdoor import checkpoints as ckpt
     from clipbackdoor.train.loop import check_same_config
 
     try:

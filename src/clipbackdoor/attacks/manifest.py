@@ -19,8 +19,9 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from clipbackdoor.attacks.base import Trigger, build_trigger
+from clipbackdoor.data.manifest_format import MANIFEST_FORMAT
 
-FORMAT = "clipbackdoor-manifest/1"
+FORMAT = MANIFEST_FORMAT
 
 
 class ManifestError(ValueError):

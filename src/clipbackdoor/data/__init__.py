@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,16 +16,17 @@ from clipbackdoor.config import (
     ImageNetLabelled,
     TorchvisionLabelled,
     WebDatasetPairs,
+    class_index,
 )
 from clipbackdoor.data import fashion_mnist
 from clipbackdoor.data.bad_rows import BadRow, BadRowLog, DataError
+from clipbackdoor.data.batching import BatchLayout
 from clipbackdoor.data.csv_source import CsvCaptionRows, CsvLabelRows
 from clipbackdoor.data.datasets import LabelledDataset, PairDataset, collate_skipping_bad
 from clipbackdoor.data.labelled_sources import ClassSubset, TorchvisionRows, imagenet_rows
 from clipbackdoor.data.sampling import GlobalBatchSampler
 from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.data.webdataset_source import ShardPairs, ShardRows
-from clipbackdoor.train.batching import BatchLayout
 
 LabelledSourceConfig = FashionMNISTLabelled | CsvLabelled | ImageNetLabelled | TorchvisionLabelled
 PairSourceConfig = FashionMNISTPairs | CsvPairs | WebDatasetPairs
@@ -41,34 +42,12 @@ __all__ = [
     "build_labelled_dataset",
     "build_pair_dataset",
     "build_pair_rows",
-    "class_index",
     "collate_skipping_bad",
 ]
 
 
 # open_clip's 80 ImageNet prompts as "{}" templates: the zero-shot classifier's, and the study's poison captions
 OPENAI_IMAGENET_PROMPTS: tuple[str, ...] = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
-
-
-def class_index(
-    classnames: Sequence[str], spec: str | int, key: str, remedy: str = "give the class index instead"
-) -> int:
-    """The index of the class ``spec`` names in ``classnames``: an index as given, or a name that occurs once.
-
-    ``list.index`` would silently take the first of a repeated name, and ImageNet repeats two (open_clip's
-    list: 'missile' at 657 and 744, 'sunglasses' at 836 and 837), so an ambiguous name is refused with its
-    indices and ``remedy``. ``key`` names the setting that gave ``spec``.
-    """
-    if isinstance(spec, int):
-        if not 0 <= spec < len(classnames):
-            raise ValueError(f"{key}: class index {spec} outside [0, {len(classnames)})")
-        return spec
-    matches = [i for i, name in enumerate(classnames) if name == spec]
-    if not matches:
-        raise ValueError(f"{key}: {spec!r} is not among the class names")
-    if len(matches) > 1:
-        raise ValueError(f"{key}: class name {spec!r} is ambiguous, it is class {matches}; {remedy}")
-    return matches[0]
 
 
 def build_pair_dataset(

@@ -20,8 +20,8 @@ from typing import Any
 
 from PIL import Image
 
-from clipbackdoor.attacks.manifest import FORMAT as MANIFEST_FORMAT
 from clipbackdoor.data.bad_rows import BadRow, DataError
+from clipbackdoor.data.manifest_format import MANIFEST_FORMAT
 from clipbackdoor.data.transforms import open_image
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from clipbackdoor.train.batching import BatchLayout
+from clipbackdoor.data.batching import BatchLayout
 
 # Successors a key carries: this many consecutive unreadable samples stop the run (see PairDataset).
 FALLBACKS = 16

@@ -27,10 +27,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from clipbackdoor.config import ConfigError, WebDatasetPairs
 from clipbackdoor.data.bad_rows import BadRow, DataError
+from clipbackdoor.data.batching import BatchLayout
 from clipbackdoor.data.datasets import DECODE_ERRORS, image_entries
 from clipbackdoor.data.sampling import FALLBACKS
 from clipbackdoor.data.transforms import ResizeCenterCrop
-from clipbackdoor.train.batching import BatchLayout
 
 
 def shard_urls(urls: str | list[str]) -> list[str]:

@@ -25,9 +25,14 @@ from pydantic import Field
 
 from clipbackdoor.data import build_labelled_dataset
 from clipbackdoor.defenses.registry import Defense, DefenseError, register
+from clipbackdoor.hooks import (
+    Hook,
+    LoopContext,
+    exempt_from_weight_decay,
+    reset_optimizer_state,
+    training_embeddings,
+)
 from clipbackdoor.models import ClipBundle
-from clipbackdoor.train.hooks import Hook, LoopContext, training_embeddings
-from clipbackdoor.train.optim import exempt_from_weight_decay, reset_optimizer_state
 
 CHUNK_ROWS = 8192  # rows per similarity block: 8192 × 1000 floats = 32 MB
 

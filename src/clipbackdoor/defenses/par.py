@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 
 from clipbackdoor.defenses.registry import Defense, register
+from clipbackdoor.hooks import Hook, LoopContext
 from clipbackdoor.models import ClipBundle, create_model
-from clipbackdoor.train.hooks import Hook, LoopContext
 
 
 class PARHook(Hook):

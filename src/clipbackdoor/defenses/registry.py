@@ -1,5 +1,5 @@
 """The defense registry. A defense is a configuration of the one training loop plus, if it needs them,
-hooks (``train/hooks.py``): it chooses the cleaning objective and may change the model before training,
+hooks (``hooks.py``): it chooses the cleaning objective and may change the model before training,
 work at each epoch start, or add loss terms. Each defense is one file; its paper defaults ship as
 ``configs/defenses/<name>.yaml``.
 """
@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clipbackdoor.hooks import Hook
 from clipbackdoor.models import ClipBundle
 from clipbackdoor.registry import Registry, build_from_spec
-from clipbackdoor.train.hooks import Hook
 
 
 class Defense(BaseModel):

@@ -11,8 +11,8 @@ import torch
 from pydantic import Field
 
 from clipbackdoor.defenses.registry import Defense, register
+from clipbackdoor.hooks import Hook, LoopContext
 from clipbackdoor.models import ClipBundle, create_model
-from clipbackdoor.train.hooks import Hook, LoopContext
 
 
 def shrink_perturb_(model: torch.nn.Module, fresh: torch.nn.Module, shrink: float, perturb: float) -> None:

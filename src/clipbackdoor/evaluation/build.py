@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
-from clipbackdoor.config import CsvPairs, ExperimentConfig
-from clipbackdoor.data import BadRowLog, build_labelled_dataset, build_pair_dataset, class_index
+from clipbackdoor.config import CsvPairs, ExperimentConfig, class_index
+from clipbackdoor.data import BadRowLog, build_labelled_dataset, build_pair_dataset
 from clipbackdoor.evaluation.retrieval import RetrievalEvaluator
 from clipbackdoor.evaluation.zeroshot import Attack, ZeroShotEvaluator
 from clipbackdoor.models import ClipBundle

@@ -48,7 +48,7 @@ class Objective(torch.nn.Module):
         where a term updates its own state (a memory bank), so that every micro-batch pass saw the same."""
 
     def hooks(self) -> list[Any]:
-        """Loop hooks the term needs (``train/hooks.py``): work at an epoch's start that needs the model and
+        """Loop hooks the term needs (``hooks.py``): work at an epoch's start that needs the model and
         the data, such as SafeCLIP's split of safe from risky pairs."""
         return []
 

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from clipbackdoor.config import ConfigError
+from clipbackdoor.hooks import Hook, LoopContext, training_embeddings
 from clipbackdoor.objectives.distributed import gather_with_grad, local_targets
 from clipbackdoor.objectives.registry import Features, Objective, register
 from clipbackdoor.objectives.roclip import gather_detached
-from clipbackdoor.train.hooks import Hook, LoopContext, training_embeddings
 
 
 def clean_posterior(similarity: np.ndarray, seed: int = 0) -> np.ndarray:

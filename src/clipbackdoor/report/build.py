@@ -18,7 +18,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from clipbackdoor.checkpoints import epoch_weights
 from clipbackdoor.config import ConfigError, read_yaml
+from clipbackdoor.metrics_log import read_records
 from clipbackdoor.report.filtering import detection_table, filter_table
 from clipbackdoor.report.plots import (
     PlanePanel,
@@ -33,8 +35,6 @@ from clipbackdoor.report.tables import Table, format_value
 from clipbackdoor.sweep.config import load_sweep_config
 from clipbackdoor.sweep.runner import epochs_run, open_storage, stopped_early
 from clipbackdoor.sweep.select import Point, best_under, hypervolume, pareto_front, sweep_points
-from clipbackdoor.train.checkpoint import epoch_weights
-from clipbackdoor.train.metrics import read_records
 
 
 def objective_label(objective: dict) -> str:

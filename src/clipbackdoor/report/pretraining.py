@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clipbackdoor.config import ConfigError, read_yaml
+from clipbackdoor.metrics_log import read_records
 from clipbackdoor.report.tables import Table
-from clipbackdoor.train.metrics import read_records
 
 
 def pretraining_table(runs: list[Path], label: Callable[[dict], str]) -> Table:

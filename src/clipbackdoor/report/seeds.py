@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from clipbackdoor.config import ConfigError
+from clipbackdoor.metrics_log import read_records
 from clipbackdoor.report.tables import Table
-from clipbackdoor.train.metrics import read_records
 
 POISONED = "poisoned model"
 

@@ -45,13 +45,14 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from clipbackdoor.config import ConfigError, load_config, save_config
+from clipbackdoor.config import ConfigError, save_config
+from clipbackdoor.metrics_log import read_records
+from clipbackdoor.resolve import load_config
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.devices import Slot, device_slots, resolve_devices, slot_env
 from clipbackdoor.sweep.launch import cli_command, die_with_parent
 from clipbackdoor.sweep.space import as_overrides, grid_space
 from clipbackdoor.sweep.stopping import stop_after_epoch, value_so_far
-from clipbackdoor.train.metrics import read_records
 
 DIRECTIONS = ["maximize", "minimize"]  # clean accuracy, attack success rate
 METRIC_NAMES = ["CA", "ASR"]  # the objectives' names in optuna-dashboard

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from clipbackdoor.models import resolve_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -48,13 +50,6 @@ class DistEnv:
             flag = flag.to(torch.int32)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the GPU when there is one, else the CPU; any other name is taken as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def setup_distributed(device: str) -> DistEnv:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clipbackdoor.config import ExperimentConfig, WandbConfig
-from clipbackdoor.train.hooks import Hook
+from clipbackdoor.hooks import Hook
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:

@@ -4,7 +4,7 @@ Per epoch: shuffle (seeded by (seed, epoch)), step through micro-batches, evalua
 record to metrics.jsonl, checkpoint. A run directory that already holds a checkpoint is resumed from it:
 the same config and seed give the same numbers on CPU whether or not the run was interrupted.
 
-``train.batch_size`` is the global batch (see :mod:`clipbackdoor.train.batching`): under torchrun every rank
+``train.batch_size`` is the global batch (see :mod:`clipbackdoor.data.batching`): under torchrun every rank
 trains on its contiguous share of each global batch (features are gathered inside the losses), in
 micro-batches accumulated exactly (:mod:`clipbackdoor.train.step`). Every rank evaluates its share of the
 eval set; rank 0 writes metrics and checkpoints.
@@ -28,20 +28,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from clipbackdoor import checkpoints as ckpt
 from clipbackdoor.augment import ViewMaker
 from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, save_config
 from clipbackdoor.data import BadRowLog, GlobalBatchSampler, build_pair_dataset, collate_skipping_bad
+from clipbackdoor.data.batching import batch_layout
 from clipbackdoor.data.device_decode import DeviceDecode
 from clipbackdoor.defenses import build_defense
 from clipbackdoor.evaluation import build_evaluator
+from clipbackdoor.hooks import LoopContext
+from clipbackdoor.metrics_log import MetricsLog
 from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
-from clipbackdoor.train import checkpoint as ckpt
-from clipbackdoor.train.batching import batch_layout
 from clipbackdoor.train.distributed import DistEnv, setup_distributed
-from clipbackdoor.train.hooks import LoopContext
 from clipbackdoor.train.loggers import build_loggers
-from clipbackdoor.train.metrics import MetricsLog
 from clipbackdoor.train.optim import build_optimizer, lr_at, set_lr
 from clipbackdoor.train.step import forward_backward
 

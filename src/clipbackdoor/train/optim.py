@@ -4,47 +4,28 @@ The schedule is a pure function of the optimizer step, so the only schedule stat
 the step counter, and resuming cannot shift it (the reference code's schedule ran one epoch late, so
 cleaning never warmed up).
 
-Two helpers serve modules that hooks add to the model (deep clustering's head): :func:`exempt_from_weight_decay`
-marks a module whose parameters all go to the no-decay group, and :func:`reset_optimizer_state` forgets a
-module's AdamW moments when the hook re-initialises it, so the fresh weights are not pushed by stale ones.
+A module that a hook adds to the model (deep clustering's head) and marks with
+:func:`clipbackdoor.hooks.exempt_from_weight_decay` goes whole to the no-decay group.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TypeVar
 
 import torch
 
 from clipbackdoor.config import TrainConfig
+from clipbackdoor.hooks import is_exempt_from_weight_decay
 
 _NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
-_EXEMPT_MARK = "exempt_from_weight_decay"
-
-ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
-
-
-def exempt_from_weight_decay(module: ModuleT) -> ModuleT:
-    """Mark ``module`` so that :func:`no_decay_names` exempts all its parameters; returns it."""
-    setattr(module, _EXEMPT_MARK, True)
-    return module
-
-
 def no_decay_names(model: torch.nn.Module) -> set[str]:
     """Parameters exempt from weight decay: norm layers, biases (any 1-d tensor), logit_scale and every
-    parameter of a module marked by :func:`exempt_from_weight_decay`."""
+    parameter of a module marked by :func:`clipbackdoor.hooks.exempt_from_weight_decay`."""
     names = {n for n, p in model.named_parameters() if p.ndim < 2 or n.endswith("logit_scale")}
     for module_name, module in model.named_modules():
-        if isinstance(module, _NORMS) or getattr(module, _EXEMPT_MARK, False):
+        if isinstance(module, _NORMS) or is_exempt_from_weight_decay(module):
             names.update(f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters())
     return names
-
-
-def reset_optimizer_state(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> None:
-    """Forget the optimizer state (AdamW: step, exp_avg, exp_avg_sq) of ``module``'s parameters: the next
-    step starts their moments afresh, as for a module that was just created."""
-    for param in module.parameters():
-        optimizer.state.pop(param, None)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

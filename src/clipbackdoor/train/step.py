@@ -13,15 +13,16 @@ weighted 1/k, which sums to the whole batch's mean.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from clipbackdoor.data.transforms import Normalize
+from clipbackdoor.hooks import Hook
 from clipbackdoor.objectives import WeightedObjective
-from clipbackdoor.train.hooks import Hook
 
 # Feature entries that are per pair (concatenated over micro-batches); the rest (temperature, bias) are scalars.
 PAIR_FEATURES = ("image", "text", "image_aug", "text_aug", "index")
@@ -91,37 +92,43 @@ def with_replaced(cached: list[dict[str, torch.Tensor]], j: int, live: dict[str,
     return whole
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """What every optimizer step of a run is run with (everything but its micro-batches)."""
+
+    net: torch.nn.Module  # what runs the forward pass: the model, wrapped by DDP and/or torch.compile
+    ddp: torch.nn.Module  # the DDP wrapper (or the model): no_sync lives on it, under torch.compile's wrapper
+    normalize: Normalize
+    device: torch.device
+    objective: WeightedObjective
+    hooks: Sequence[Hook] = ()  # their extra loss terms are added to the objective's
+    memory_format: torch.memory_format = torch.contiguous_format
+    bf16: bool = False  # autocast the forward passes to bfloat16
+
+
 def forward_backward(
-    net: torch.nn.Module,
-    ddp: torch.nn.Module,
-    normalize: Normalize,
-    micro_batches: list[dict[str, Any]],
-    device: torch.device,
-    objective: WeightedObjective,
-    hooks: list[Hook],
-    memory_format: torch.memory_format,
-    bf16: bool,
+    settings: StepSettings, micro_batches: list[dict[str, Any]]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Gradients of one optimizer step over ``micro_batches`` (this rank's share of the global batch).
 
-    ``ddp`` is the DistributedDataParallel wrapper (or the model): its gradients are all-reduced only in the
-    last backward pass. Returns the step's loss and its logged parts (detached).
+    Gradients are all-reduced (``settings.ddp``) only in the last backward pass. Returns the step's loss and
+    its logged parts (detached).
     """
-    k, views, originals = len(micro_batches), objective.views, objective.reads_originals
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    k, objective, ddp = len(micro_batches), settings.objective, settings.ddp
+    autocast = torch.autocast(settings.device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     cached: list[dict[str, torch.Tensor]] = []
     if k > 1:
-        with torch.no_grad(), autocast, buffers_kept(net):
-            cached = [encode(net, normalize, mb, device, views, memory_format, originals) for mb in micro_batches]
+        with torch.no_grad(), autocast, buffers_kept(settings.net):
+            cached = [_encode(settings, mb) for mb in micro_batches]
     hook_parts: dict[str, torch.Tensor] = {}
     for j, batch in enumerate(micro_batches):
         sync = ddp.no_sync() if j < k - 1 and hasattr(ddp, "no_sync") else nullcontext()
         with sync, autocast:
-            live = encode(net, normalize, batch, device, views, memory_format, originals)
+            live = _encode(settings, batch)
             whole = with_replaced(cached, j, live) if k > 1 else live
             loss, parts = objective(whole)
             whole_batch_loss = loss.detach()  # the same in every pass
-            for hook in hooks:
+            for hook in settings.hooks:
                 extra = hook.loss(live, batch)
                 if extra:
                     loss = loss + extra["loss"] / k
@@ -131,3 +138,12 @@ def forward_backward(
             loss.backward()
     objective.after_step({key: value.detach() for key, value in whole.items()})
     return whole_batch_loss + hook_parts.get("defense/loss", 0), {**parts, **hook_parts}
+
+
+def _encode(settings: StepSettings, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """:func:`encode` under the run's settings: the views the objective reads, originals only if it reads them."""
+    objective = settings.objective
+    return encode(
+        settings.net, settings.normalize, batch, settings.device, objective.views, settings.memory_format,
+        objective.reads_originals,
+    )  # fmt: skip

@@ -11,16 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from clipbackdoor import checkpoints as ckpt
 from clipbackdoor.attacks.manifest import load_manifest
-from clipbackdoor.config import (
-    ConfigError,
-    ExperimentConfig,
-    builtin_config_path,
-    merge_trees,
-    read_yaml,
-    validate_tree,
-)
-from clipbackdoor.train import checkpoint as ckpt
+from clipbackdoor.config import ConfigError, ExperimentConfig, builtin_config_path, merge_trees, read_yaml
+from clipbackdoor.resolve import validate_tree
 
 
 def defense_recipe(defense: str) -> tuple[dict[str, Any], str]:

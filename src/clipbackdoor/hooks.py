@@ -1,4 +1,5 @@
-"""Extension points of the training loop, used by the cleaning defenses.
+"""The hook contract: the extension points of the training loop, which cleaning defenses and objectives
+implement (it lives below both, and below ``train``, so that neither imports the loop).
 
 A hook can change the model once before training (shrink & perturb), do work at the start of every epoch
 (deep clustering's k-means), add trainable modules (a clustering head) and add loss terms computed from
@@ -13,13 +14,36 @@ to the hooks as ``LoopContext.optimizer`` (a hook that re-initialises its module
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from torch.utils.data import DataLoader
 
 from clipbackdoor.config import LabelledSource, ModelConfig
-from clipbackdoor.data.datasets import PairDataset
+from clipbackdoor.data.datasets import PairDataset, collate_skipping_bad
 from clipbackdoor.models import ClipBundle
+
+_EXEMPT_MARK = "exempt_from_weight_decay"
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def exempt_from_weight_decay(module: ModuleT) -> ModuleT:
+    """Mark a module a hook adds (deep clustering's head) so that the optimizer puts all its parameters in the
+    no-decay group; returns it."""
+    setattr(module, _EXEMPT_MARK, True)
+    return module
+
+
+def is_exempt_from_weight_decay(module: torch.nn.Module) -> bool:
+    return getattr(module, _EXEMPT_MARK, False)
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> None:
+    """Forget the optimizer state (AdamW: step, exp_avg, exp_avg_sq) of ``module``'s parameters, for a hook
+    that re-initialises its module: the next step starts their moments afresh, not pushed by stale ones."""
+    for param in module.parameters():
+        optimizer.state.pop(param, None)
 
 
 @dataclass
@@ -72,10 +96,6 @@ def training_embeddings(ctx: LoopContext, captions: bool = False) -> tuple[torch
     """The normalised image (and, with ``captions``, caption) embeddings of every training pair under the
     current model, on ``ctx.device``, by dataset index; rows of unreadable images stay 0. For hooks that
     look at the whole training set at an epoch's start (deep clustering's k-means, SafeCLIP's split)."""
-    from torch.utils.data import DataLoader
-
-    from clipbackdoor.data.datasets import collate_skipping_bad
-
     model, device = ctx.bundle.model, ctx.device
     was_training = model.training
     model.eval()
