@@ -38,8 +38,8 @@ from common import machine, matmul_peak_flops, write_result
 from clipbackdoor.config import ExperimentConfig
 from clipbackdoor.data import build_pair_dataset, collate_skipping_bad
 from clipbackdoor.models import create_model
-from clipbackdoor.progress import PROGRESS_EVERY_S
 from clipbackdoor.resolve import load_config
+from clipbackdoor.study.progress import PROGRESS_EVERY_S
 from clipbackdoor.synth import synthesize
 from clipbackdoor.train.loop import fit
 
@@ -169,9 +169,9 @@ def progress_check_seconds(study_dir: Path) -> float | None:
     """Seconds one progress.json update of a finished study takes, reading all of its journals and metrics
     (it runs in the study's own process, every PROGRESS_EVERY_S seconds, never in a training process); None
     without that study."""
-    from clipbackdoor.plan import plan_study
-    from clipbackdoor.progress import study_progress
-    from clipbackdoor.study import load_study_dir
+    from clipbackdoor.study.config import load_study_dir
+    from clipbackdoor.study.plan import plan_study
+    from clipbackdoor.study.progress import study_progress
 
     if not (study_dir / "study.yaml").is_file():
         return None

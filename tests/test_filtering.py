@@ -12,9 +12,9 @@ import pytest
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError
-from clipbackdoor.filtering import write_filtered
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study import load_study_config
+from clipbackdoor.study.config import load_study_config
+from clipbackdoor.study.filtering import write_filtered
 
 from .test_study_launch import write_study
 
@@ -70,7 +70,7 @@ def test_a_study_detects_filters_and_pretrains_again(fmnist_root: Path, tmp_path
 
 
 def test_plan_lists_the_filtered_pretraining_last(fmnist_root: Path, tmp_path: Path) -> None:
-    from clipbackdoor.plan import plan_study
+    from clipbackdoor.study.plan import plan_study
 
     config = write_study(tmp_path / "study.yaml", fmnist_root, filter={"by": "image_dao", "drop_percent": 25})
     stages = plan_study(load_study_config(config))

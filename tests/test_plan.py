@@ -11,9 +11,9 @@ from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, TrainConfig
 from clipbackdoor.data.batching import batch_layout
 from clipbackdoor.models import create_model
-from clipbackdoor.plan import launcher_processes, plan_experiment, plan_study
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study import load_study_config
+from clipbackdoor.study.config import load_study_config
+from clipbackdoor.study.plan import launcher_processes, plan_experiment, plan_study
 
 CC3M_PAIRS = 2_725_316
 
@@ -134,7 +134,7 @@ def test_launcher_processes() -> None:
 
 
 def test_throughput_lookup_skips_other_benchmarks_files(tmp_path: Path) -> None:
-    from clipbackdoor.plan import find_throughput
+    from clipbackdoor.study.plan import find_throughput
 
     (tmp_path / "kmeans.json").write_text(json.dumps([{"n": 5000, "seconds": 1.0}]))
     (tmp_path / "sweep.json").write_text(json.dumps({"results": [1, 2]}))

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from clipbackdoor.progress import StageProgress, remaining_seconds
+from clipbackdoor.study.progress import StageProgress, remaining_seconds
 
 
 def _unmeasured_plan() -> SimpleNamespace:

@@ -38,7 +38,7 @@ from clipbackdoor.cli import main
 from clipbackdoor.config import read_yaml, resolve_yaml
 from clipbackdoor.objectives.roclip import RoCLIP
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study import read_study_tree
+from clipbackdoor.study.config import read_study_tree
 from clipbackdoor.synth import SynthManifest, synthesize
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of a {}."]

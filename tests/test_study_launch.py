@@ -9,7 +9,7 @@ import yaml
 
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError
-from clipbackdoor.study import load_study_config, pretrain_command
+from clipbackdoor.study.config import load_study_config, pretrain_command
 
 from .conftest import tiny_overrides
 from .test_sweep_devices import launched, recording_launcher

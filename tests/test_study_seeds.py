@@ -9,7 +9,7 @@ from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError
 from clipbackdoor.report.seeds import spread
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study import load_study_config
+from clipbackdoor.study.config import load_study_config
 
 from .test_study_launch import write_study
 
@@ -71,7 +71,7 @@ def test_other_seeds_rerun_pretraining_and_the_selected_setting(fmnist_root: Pat
 
 
 def test_plan_lists_the_seed_stages_in_the_order_the_study_runs_them(fmnist_root: Path, tmp_path: Path) -> None:
-    from clipbackdoor.plan import plan_study
+    from clipbackdoor.study.plan import plan_study
 
     config = write_study(tmp_path / "study.yaml", fmnist_root, seeds={"values": [0, 1, 2]})
     names = [stage.name for stage in plan_study(load_study_config(config))]
@@ -83,7 +83,7 @@ def test_plan_lists_the_seed_stages_in_the_order_the_study_runs_them(fmnist_root
 
 
 def test_robust_pretrainings_are_not_cleaned_and_seeds_take_a_subset(fmnist_root: Path, tmp_path: Path) -> None:
-    from clipbackdoor.plan import plan_study
+    from clipbackdoor.study.plan import plan_study
 
     robust = {"mmcl": {"overrides": {"objective": {"mmcl": 1.0}}},
               "roclip": {"overrides": {"objective": {"roclip": 1.0}}, "clean": False}}  # fmt: skip

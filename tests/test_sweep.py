@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError
 from clipbackdoor.report.build import SweepResult, _label_models, _panels
-from clipbackdoor.study import load_study_config
+from clipbackdoor.study.config import load_study_config
 from clipbackdoor.sweep import (
     Point,
     best_under,

@@ -68,7 +68,8 @@ def _print_best_table(report: Path) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from clipbackdoor.study import load_study_config, run_study
+    from clipbackdoor.study.config import load_study_config
+    from clipbackdoor.study.run import run_study
 
     cfg = load_study_config(args.config, args.overrides)
     report = run_study(cfg, command=_command_line(args))
@@ -78,8 +79,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from clipbackdoor.plan import format_plan, is_study, plan_experiment, plan_study
-    from clipbackdoor.study import load_study_config, read_study_tree
+    from clipbackdoor.study.config import load_study_config, read_study_tree
+    from clipbackdoor.study.plan import format_plan, is_study, plan_experiment, plan_study
 
     if is_study(read_study_tree(args.config)):
         stages = plan_study(load_study_config(args.config, args.overrides), args.gpus, cores=args.cores)
@@ -91,9 +92,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """A study's progress read from its directory and storage: works from any shell or machine that sees them."""
-    from clipbackdoor.plan import plan_study
-    from clipbackdoor.progress import format_progress, study_progress
-    from clipbackdoor.study import load_study_dir
+    from clipbackdoor.study.config import load_study_dir
+    from clipbackdoor.study.plan import plan_study
+    from clipbackdoor.study.progress import format_progress, study_progress
 
     cfg = load_study_dir(args.study_dir)
     record = study_progress(cfg, plan_study(cfg))
@@ -138,7 +139,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _study_sweeps(study_dir: Path) -> list[Path]:
     """A study's sweep directories in its config's order (the table's columns), then any others found."""
-    from clipbackdoor.study import load_study_config, sweep_configs
+    from clipbackdoor.study.config import load_study_config, sweep_configs
 
     found = sorted(p.parent for p in (study_dir / "sweeps").glob("*/sweep.yaml"))
     planned = [study_dir / "sweeps" / s.name for s in sweep_configs(load_study_config(study_dir / "study.yaml"))]
@@ -147,7 +148,7 @@ def _study_sweeps(study_dir: Path) -> list[Path]:
 
 def _study_pretrainings(study_dir: Path) -> list[Path]:
     """A study's pre-training runs that finished at least one evaluation, in its config's order."""
-    from clipbackdoor.study import load_study_config
+    from clipbackdoor.study.config import load_study_config
 
     tags = load_study_config(study_dir / "study.yaml").pretrain
     return [study_dir / "pretrain" / tag for tag in tags if (study_dir / "pretrain" / tag / "metrics.jsonl").is_file()]

@@ -1,7 +1,7 @@
 """The detection tables of a study report: AUROC per detector × pre-training objective, and what "detect,
 filter, pre-train again" reached beside the poisoned model.
 
-Their input, ``<study>/filter/filter.json``, is written by the study (:mod:`clipbackdoor.filtering`).
+Their input, ``<study>/filter/filter.json``, is written by the study (:mod:`clipbackdoor.study.filtering`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The seeds table of a study report: mean ± spread over training seeds of each model the seeds axis re-ran.
 
-Its input, ``<study>/seeds/seeds.json``, is written by the study (:mod:`clipbackdoor.seeds`): one entry per
+Its input, ``<study>/seeds/seeds.json``, is written by the study (:mod:`clipbackdoor.study.seed_axis`): one entry per
 (pre-training, seed, model) with the run directory and the epoch whose evaluation counts.
 """
 

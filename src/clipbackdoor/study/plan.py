@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from clipbackdoor.cleaning import with_recipe
 from clipbackdoor.config import (
     ConfigError,
     CsvLabelled,
@@ -29,8 +30,17 @@ from clipbackdoor.config import (
     WebDatasetPairs,
 )
 from clipbackdoor.data.batching import BatchLayout, batch_layout
-from clipbackdoor.feed import feed_report
-from clipbackdoor.resolve import validate_tree
+from clipbackdoor.data.webdataset_source import shard_urls
+from clipbackdoor.interop import CheckpointError
+from clipbackdoor.models import create_model, model_name, read_model_checkpoint
+from clipbackdoor.resolve import load_config, validate_tree
+from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, sweep_configs
+from clipbackdoor.study.data_rate import feed_report
+from clipbackdoor.study.seed_axis import base_seed, other_seeds, seed_sweep_home
+from clipbackdoor.sweep.config import SweepConfig
+from clipbackdoor.sweep.devices import resolve_devices
+from clipbackdoor.sweep.runner import budget
+from clipbackdoor.sweep.space import as_overrides
 
 WARMUP_WARN_SHARE = 0.25
 IMAGENET_VAL = 50_000
@@ -131,7 +141,6 @@ def count_pairs(source: Any) -> Count:
 
 def _shard_samples(source: WebDatasetPairs) -> int | None:
     """Samples with a non-empty caption member in local .tar shards (headers only: no image is read)."""
-    from clipbackdoor.data.webdataset_source import shard_urls
 
     keys = set()
     for url in shard_urls(source.urls):
@@ -183,8 +192,6 @@ def model_facts(model: ModelConfig) -> tuple[int, int]:
 def checkpoint_warnings(model: ModelConfig) -> list[str]:
     """create_model's refusal of ``model.checkpoint`` (another activation than the model's, or an unreadable
     file), said before the run; nothing while the checkpoint is not written yet (a study's pre-training)."""
-    from clipbackdoor.interop import CheckpointError
-    from clipbackdoor.models import model_name, read_model_checkpoint
 
     if model.checkpoint is None or not Path(model.checkpoint).exists():
         return []
@@ -201,7 +208,6 @@ def checkpoint_warnings(model: ModelConfig) -> list[str]:
 
 @cache
 def _model_facts(model_json: str) -> tuple[int, int]:
-    from clipbackdoor.models import create_model
 
     bundle = create_model(ModelConfig.model_validate_json(model_json))
     return sum(p.numel() for p in bundle.model.parameters()), bundle.image_size
@@ -308,12 +314,10 @@ def plan_experiment(
 
 
 def _pretrain_stage(
-    study: Any, tag: str, seed: int | None, gpus: int | None, bench_dirs: tuple[Path, ...], cores: int | None,
+    study: StudyConfig, tag: str, seed: int | None, gpus: int | None, bench_dirs: tuple[Path, ...], cores: int | None,
     drop_percent: float | None = None,
 ) -> Stage:  # fmt: skip
     """Pre-training ``tag`` (under ``seed``; or again, after the detection stage drops ``drop_percent`` %)."""
-    from clipbackdoor.resolve import load_config
-    from clipbackdoor.study import pretrain_overrides, run_name
 
     cfg = load_config(study.base, pretrain_overrides(study, tag, seed))
     if cfg.poison is None:
@@ -336,15 +340,10 @@ def _pretrain_stage(
 
 
 def _clean_stage(
-    study: Any, sweep: Any, name: str, runs: int, at_once: int, bench_dirs: tuple[Path, ...], cores: int | None,
-    run_in: list[Any] | None = None,
+    study: StudyConfig, sweep: SweepConfig, name: str, runs: int, at_once: int, bench_dirs: tuple[Path, ...],
+    cores: int | None, run_in: list[Any] | None = None,
 ) -> Stage:  # fmt: skip
     """The cleaning runs of ``sweep``'s recipe, run in the sweeps ``run_in`` (default: ``sweep`` itself)."""
-    from clipbackdoor.cleaning import with_recipe
-    from clipbackdoor.resolve import load_config
-    from clipbackdoor.study import pretrain_overrides
-    from clipbackdoor.sweep.space import as_overrides
-
     pre = load_config(study.base, pretrain_overrides(study, Path(sweep.run).name))
     tree, origin = with_recipe(pre.model_dump(mode="json"), sweep.defense)
     cfg = validate_tree(tree, as_overrides(sweep.overrides), origin)
@@ -364,15 +363,11 @@ def _clean_stage(
 
 
 def plan_study(
-    study: Any, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS, cores: int | None = None
+    study: StudyConfig, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS, cores: int | None = None
 ) -> list[Stage]:
     """The study's stages in the order it runs them: pre-training per objective, one cleaning stage per
     (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed),
     then the detection stage (pre-training again on the filtered data)."""
-    from clipbackdoor.seeds import base_seed, other_seeds, seed_sweep_home
-    from clipbackdoor.study import sweep_configs
-    from clipbackdoor.sweep.devices import resolve_devices
-    from clipbackdoor.sweep.runner import budget
 
     stages = [_pretrain_stage(study, tag, None, gpus, bench_dirs, cores) for tag in study.pretrain]
     slots = (gpus or len(resolve_devices(study.devices))) // study.devices_per_trial

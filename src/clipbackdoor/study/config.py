@@ -1,32 +1,55 @@
-"""The whole study in one resumable command: poison -> pre-train per objective -> sweep each defense ->
-(seeds axis) -> (detect, filter, pre-train again) -> report.
+"""A study's config: which pre-trainings, which defenses swept how, the seeds axis, the detection stage, and
+where everything runs; and the overrides that turn the study's base config into each of its runs.
 
-Every stage writes its own files under ``<output_dir>/<name>/`` and picks up where it stopped: poisoning
-reuses an identical poisoned set, pre-training resumes from its last checkpoint (a finished run is only
-read back), sweeps resume from their Optuna storage, and the report is rebuilt from what is there.
-
-Each pre-training is a ``clipbackdoor pretrain`` subprocess under ``pretrain_launcher`` (e.g. an 8-GPU
-torchrun), its output in ``pretrain/<tag>.log``; each cleaning trial one under ``clean_launcher``, on its
-worker's device slot (``devices``, ``devices_per_trial``).
+Read by every stage of :mod:`clipbackdoor.study` (run, plan, progress, seed axis, filtering), so it imports
+none of them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml, resolve_yaml, save_config, validate_as
-from clipbackdoor.filtering import FilterSpec
-from clipbackdoor.metrics_log import read_records
-from clipbackdoor.resolve import load_config
+from clipbackdoor.config import ConfigError, read_yaml, resolve_yaml, validate_as
+from clipbackdoor.detect.run import DETECTORS
 from clipbackdoor.sweep.config import SweepConfig, SweepSpec
-from clipbackdoor.sweep.devices import device_slots, parse_devices, resolve_devices, slot_env
-from clipbackdoor.sweep.launch import cli_command, run_teed
+from clipbackdoor.sweep.devices import parse_devices
+from clipbackdoor.sweep.launch import cli_command
 from clipbackdoor.sweep.space import as_overrides
+
+SCORE_PREFIXES = ("image_", "text_")
+
+
+class FilterSpec(BaseModel):
+    """The study's detection stage and the filter it applies before pre-training again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pretrain: list[str] | None = Field(None, description="the pre-trained models (study tags) scored; null: all")
+    detectors: list[str] = Field(default_factory=lambda: list(DETECTORS), description="scored, for the AUROC table")
+    by: str = Field("image_dao", description="the score column whose top pairs are dropped (image_dao, text_slof...)")
+    drop_percent: float = Field(gt=0, lt=100, description="share of the pairs dropped, highest scores first")
+    k: int = Field(32, ge=1, description="neighbours per score")
+    reference_size: int = Field(10_000, ge=2, description="pairs drawn as the neighbourhood set")
+    text: bool = Field(True, description="also score the caption embeddings")
+
+    @model_validator(mode="after")
+    def _known(self) -> FilterSpec:
+        unknown = [d for d in self.detectors if d not in DETECTORS]
+        if unknown:
+            raise ValueError(f"filter.detectors: unknown {unknown}; choose from {list(DETECTORS)}")
+        base = self.by.removeprefix("image_").removeprefix("text_")
+        if self.by != "cosine" and (not self.by.startswith(SCORE_PREFIXES) or base not in self.detectors):
+            raise ValueError(
+                f"filter.by={self.by!r}: name a scored column, 'image_<detector>' or 'text_<detector>' with the "
+                f"detector among filter.detectors, or 'cosine'"
+            )
+        if self.by.startswith("text_") and not self.text:
+            raise ValueError(f"filter.by={self.by!r} needs filter.text: true")
+        return self
 
 
 class PretrainSpec(BaseModel):
@@ -240,98 +263,3 @@ def pretrain_overrides(cfg: StudyConfig, tag: str, seed: int | None = None, filt
 def pretrain_command(cfg: StudyConfig, tag: str, seed: int | None = None, filtered: Path | None = None) -> list[str]:
     """``clipbackdoor pretrain <base> <overrides>`` under the study's pre-training launcher."""
     return cli_command(cfg.pretrain_launcher, "pretrain", cfg.base, *pretrain_overrides(cfg, tag, seed, filtered))
-
-
-def pretrain_finished(run: ExperimentConfig) -> bool:
-    """Whether ``run``'s directory holds its last epoch's checkpoint, made with this very config.
-
-    Another config in it is refused here (ConfigError), as the run itself would.
-    """
-    from clipbackdoor import checkpoints as ckpt
-    from clipbackdoor.train.loop import check_same_config
-
-    try:
-        latest = ckpt.latest_checkpoint(run.run_dir / "checkpoints")
-    except FileNotFoundError:
-        return False
-    check_same_config(run, run.run_dir / "config.yaml")
-    return latest["epoch"] >= run.train.epochs
-
-
-def last_epoch(run_dir: Path) -> dict[str, Any]:
-    epochs = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
-    if not epochs:
-        raise ConfigError(f"{run_dir}/metrics.jsonl holds no epoch record")
-    return epochs[-1]
-
-
-def run_pretraining(
-    cfg: StudyConfig, tag: str, log: Any = print, seed: int | None = None, filtered: Path | None = None
-) -> dict[str, Any]:
-    """Pre-train ``tag`` (under ``seed``, on the ``filtered`` CSV) in a subprocess under ``pretrain_launcher``
-    (resuming it), unless it is finished; returns its last epoch record. Output goes to
-    ``<study>/pretrain/<name>.log`` and ``log``."""
-    from clipbackdoor.train.loop import TrainingError
-
-    run = load_config(cfg.base, pretrain_overrides(cfg, tag, seed, filtered))
-    log(f"== pre-training {run.name} (objective {run.objective}, seed {run.seed}) -> {run.run_dir}")
-    if pretrain_finished(run):
-        log(f"   finished earlier: read back from {run.run_dir}")
-    else:
-        log_path = cfg.study_dir / "pretrain" / f"{run.name}.log"
-        env = slot_env(os.environ, tuple(cfg.devices or ()))  # the study's devices, all of them
-        code = run_teed(pretrain_command(cfg, tag, seed, filtered), log_path, env, echo=log)
-        if code != 0:
-            raise TrainingError(f"pre-training {run.name} failed with exit code {code}; its output is in {log_path}")
-    return last_epoch(run.run_dir)
-
-
-def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) -> Path:
-    """Run every stage that is not finished yet, writing ``progress.json`` as it goes; returns the report's
-    Markdown file."""
-    from clipbackdoor.plan import format_plan, plan_study
-    from clipbackdoor.progress import ProgressWriter
-
-    device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, cfg.workers)  # fail now, not after days
-    stages = plan_study(cfg)
-    log(format_plan(stages))
-    save_config(cfg, cfg.study_dir / "study.yaml")
-    with ProgressWriter(cfg, stages, log) as progress:
-        return _run_stages(cfg, command, progress.log_stage)
-
-
-def _run_stages(cfg: StudyConfig, command: str | None, log: Any) -> Path:
-    from clipbackdoor.attacks.poison import write_poisoned_dataset
-    from clipbackdoor.filtering import run_filtering
-    from clipbackdoor.report.build import build_report
-    from clipbackdoor.seeds import run_seeds
-    from clipbackdoor.sweep.runner import run_sweeps
-
-    base = stage_overrides(cfg)
-    poison = load_config(cfg.base, base).poison
-    if poison is None:
-        raise ConfigError(f"study {cfg.name}: its base config '{cfg.base}' has no poison section")
-    log(f"== poisoning -> {poison.output}")
-    write_poisoned_dataset(poison)
-    for tag in cfg.pretrain:
-        last = run_pretraining(cfg, tag, log)
-        log(f"   CA {last['eval/clean_top1']:.2f} %, ASR {last['eval/asr_top1']:.2f} % after epoch {last['epoch']}")
-    sweeps = sweep_configs(cfg)
-    for sweep in sweeps:
-        log(f"== sweep {sweep.name}: {sweep.defense}, {sweep.sampler} sampler -> {sweep.sweep_dir}")
-    run_sweeps(sweeps, threads=cfg.workers)  # on the study's slots together: none idles at a sweep's end
-    seeds = run_seeds(cfg, sweeps, log) if cfg.seeds else None
-    filtering = run_filtering(cfg, log) if cfg.filter else None
-    report = build_report(
-        [s.sweep_dir for s in sweeps],
-        cfg.study_dir / "report",
-        title=f"Study {cfg.name}",
-        asr_threshold=cfg.asr_threshold,
-        fmt=cfg.figure_format,
-        command=command,
-        seeds=seeds,
-        filtering=filtering,
-        pretrained=[cfg.study_dir / "pretrain" / tag for tag in cfg.pretrain],
-    )
-    log(f"== report -> {report} (and report.html)")
-    return report

@@ -24,8 +24,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
 from clipbackdoor.metrics_log import read_records
-from clipbackdoor.plan import Stage
+from clipbackdoor.study.config import StudyConfig
+from clipbackdoor.study.plan import Stage
+from clipbackdoor.sweep.runner import counts_toward_budget, open_storage
 
 PROGRESS_EVERY_S = 30.0
 
@@ -54,11 +59,6 @@ def _pretraining(stage: Stage, run_dir: Path) -> StageProgress:
 
 
 def _cleaning(stage: Stage, sweeps: tuple[tuple[str, str], ...]) -> StageProgress:
-    import optuna
-    from optuna.trial import TrialState
-
-    from clipbackdoor.sweep.runner import counts_toward_budget
-
     done, durations = 0, []
     for name, url in sweeps:
         if url.startswith("journal:") and not Path(url.removeprefix("journal:")).is_file():
@@ -80,7 +80,6 @@ def _cleaning(stage: Stage, sweeps: tuple[tuple[str, str], ...]) -> StageProgres
 def _storage(url: str) -> Any:
     """One storage per URL for the process's life: a journal is then read incrementally, and a PostgreSQL
     study checked every 30 s does not open a new engine (and its connections) each time."""
-    from clipbackdoor.sweep.runner import open_storage
 
     return open_storage(url)
 
@@ -133,7 +132,7 @@ def _started(study_dir: Path) -> float:
         return manifest.stat().st_mtime if manifest.is_file() else time.time()
 
 
-def study_progress(study: Any, stages: list[Stage]) -> dict[str, Any]:
+def study_progress(study: StudyConfig, stages: list[Stage]) -> dict[str, Any]:
     """The study's progress as ``progress.json`` holds it."""
     study_dir = study.study_dir
     progress = [stage_progress(s) for s in stages]
@@ -167,7 +166,7 @@ def study_progress(study: Any, stages: list[Stage]) -> dict[str, Any]:
     }
 
 
-def write_progress(study: Any, stages: list[Stage]) -> dict[str, Any]:
+def write_progress(study: StudyConfig, stages: list[Stage]) -> dict[str, Any]:
     record = study_progress(study, stages)
     path = study.study_dir / "progress.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +201,7 @@ class ProgressWriter:
     """Writes progress.json every ``every`` seconds while the study runs and whenever the study logs the start
     of a stage (``log``: a line starting with ``==``), and logs each change of stage."""
 
-    def __init__(self, study: Any, stages: list[Stage], log: Any = print, every: float = PROGRESS_EVERY_S):
+    def __init__(self, study: StudyConfig, stages: list[Stage], log: Any = print, every: float = PROGRESS_EVERY_S):
         self.study, self.stages, self.log, self.every = study, stages, log, every
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -18,7 +18,8 @@ from typing import Any
 from clipbackdoor.report.build import format_params, load_sweep, objective_label
 from clipbackdoor.report.seeds import POISONED, SeedRun
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study import StudyConfig, pretrain_overrides, run_name, run_pretraining, stage_overrides
+from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, stage_overrides
+from clipbackdoor.study.pretraining import run_pretraining
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.runner import run_sweeps
 from clipbackdoor.sweep.select import Point, best_under

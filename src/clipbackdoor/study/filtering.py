@@ -17,40 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clipbackdoor.detect.run import DETECTORS
-
-SCORE_PREFIXES = ("image_", "text_")
-
-
-class FilterSpec(BaseModel):
-    """The study's detection stage and the filter it applies before pre-training again."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pretrain: list[str] | None = Field(None, description="the pre-trained models (study tags) scored; null: all")
-    detectors: list[str] = Field(default_factory=lambda: list(DETECTORS), description="scored, for the AUROC table")
-    by: str = Field("image_dao", description="the score column whose top pairs are dropped (image_dao, text_slof...)")
-    drop_percent: float = Field(gt=0, lt=100, description="share of the pairs dropped, highest scores first")
-    k: int = Field(32, ge=1, description="neighbours per score")
-    reference_size: int = Field(10_000, ge=2, description="pairs drawn as the neighbourhood set")
-    text: bool = Field(True, description="also score the caption embeddings")
-
-    @model_validator(mode="after")
-    def _known(self) -> FilterSpec:
-        unknown = [d for d in self.detectors if d not in DETECTORS]
-        if unknown:
-            raise ValueError(f"filter.detectors: unknown {unknown}; choose from {list(DETECTORS)}")
-        base = self.by.removeprefix("image_").removeprefix("text_")
-        if self.by != "cosine" and (not self.by.startswith(SCORE_PREFIXES) or base not in self.detectors):
-            raise ValueError(
-                f"filter.by={self.by!r}: name a scored column, 'image_<detector>' or 'text_<detector>' with the "
-                f"detector among filter.detectors, or 'cosine'"
-            )
-        if self.by.startswith("text_") and not self.text:
-            raise ValueError(f"filter.by={self.by!r} needs filter.text: true")
-        return self
+from clipbackdoor.attacks.manifest import load_manifest
+from clipbackdoor.detect import DetectSpec, detect
+from clipbackdoor.report.build import objective_label
+from clipbackdoor.resolve import load_checkpoint_model, load_config
+from clipbackdoor.study.config import FilterSpec, StudyConfig, pretrain_overrides
+from clipbackdoor.study.pretraining import last_epoch, run_pretraining
 
 
 def write_filtered(train_csv: Path, scores: Path, by: str, drop_percent: float, out: Path) -> dict[str, Any]:
@@ -78,15 +51,9 @@ def write_filtered(train_csv: Path, scores: Path, by: str, drop_percent: float, 
     return {"dropped": sorted(dropped), "kept": len(rows), "scored": len(ids)}
 
 
-def run_filtering(cfg: Any, log: Any = print) -> Path:
+def run_filtering(cfg: StudyConfig, log: Any = print) -> Path:
     """Detect, filter and pre-train again for every objective of study ``cfg``, resuming what is done;
     returns ``<study>/filter/filter.json``."""
-    from clipbackdoor.attacks.manifest import load_manifest
-    from clipbackdoor.detect import DetectSpec, detect
-    from clipbackdoor.report.build import objective_label
-    from clipbackdoor.resolve import load_checkpoint_model, load_config
-    from clipbackdoor.study import last_epoch, pretrain_overrides, run_pretraining
-
     spec: FilterSpec = cfg.filter
     data = cfg.study_dir / "data"
     manifest, _ = load_manifest(data)

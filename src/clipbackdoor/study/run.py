@@ -1,0 +1,71 @@
+"""The whole study in one resumable command: poison -> pre-train per objective -> sweep each defense ->
+(seeds axis) -> (detect, filter, pre-train again) -> report.
+
+Every stage writes its own files under ``<output_dir>/<name>/`` and picks up where it stopped: poisoning
+reuses an identical poisoned set, pre-training resumes from its last checkpoint (a finished run is only
+read back), sweeps resume from their Optuna storage, and the report is rebuilt from what is there.
+
+Each pre-training is a ``clipbackdoor pretrain`` subprocess under ``pretrain_launcher`` (e.g. an 8-GPU
+torchrun), its output in ``pretrain/<tag>.log``; each cleaning trial one under ``clean_launcher``, on its
+worker's device slot (``devices``, ``devices_per_trial``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clipbackdoor.attacks.poison import write_poisoned_dataset
+from clipbackdoor.config import ConfigError, save_config
+from clipbackdoor.report.build import build_report
+from clipbackdoor.resolve import load_config
+from clipbackdoor.study.config import StudyConfig, stage_overrides, sweep_configs
+from clipbackdoor.study.filtering import run_filtering
+from clipbackdoor.study.plan import format_plan, plan_study
+from clipbackdoor.study.pretraining import run_pretraining
+from clipbackdoor.study.progress import ProgressWriter
+from clipbackdoor.study.seed_axis import run_seeds
+from clipbackdoor.sweep.devices import device_slots, resolve_devices
+from clipbackdoor.sweep.runner import run_sweeps
+
+
+def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) -> Path:
+    """Run every stage that is not finished yet, writing ``progress.json`` as it goes; returns the report's
+    Markdown file."""
+    device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, cfg.workers)  # fail now, not after days
+    stages = plan_study(cfg)
+    log(format_plan(stages))
+    save_config(cfg, cfg.study_dir / "study.yaml")
+    with ProgressWriter(cfg, stages, log) as progress:
+        return _run_stages(cfg, command, progress.log_stage)
+
+
+def _run_stages(cfg: StudyConfig, command: str | None, log: Any) -> Path:
+    base = stage_overrides(cfg)
+    poison = load_config(cfg.base, base).poison
+    if poison is None:
+        raise ConfigError(f"study {cfg.name}: its base config '{cfg.base}' has no poison section")
+    log(f"== poisoning -> {poison.output}")
+    write_poisoned_dataset(poison)
+    for tag in cfg.pretrain:
+        last = run_pretraining(cfg, tag, log)
+        log(f"   CA {last['eval/clean_top1']:.2f} %, ASR {last['eval/asr_top1']:.2f} % after epoch {last['epoch']}")
+    sweeps = sweep_configs(cfg)
+    for sweep in sweeps:
+        log(f"== sweep {sweep.name}: {sweep.defense}, {sweep.sampler} sampler -> {sweep.sweep_dir}")
+    run_sweeps(sweeps, threads=cfg.workers)  # on the study's slots together: none idles at a sweep's end
+    seeds = run_seeds(cfg, sweeps, log) if cfg.seeds else None
+    filtering = run_filtering(cfg, log) if cfg.filter else None
+    report = build_report(
+        [s.sweep_dir for s in sweeps],
+        cfg.study_dir / "report",
+        title=f"Study {cfg.name}",
+        asr_threshold=cfg.asr_threshold,
+        fmt=cfg.figure_format,
+        command=command,
+        seeds=seeds,
+        filtering=filtering,
+        pretrained=[cfg.study_dir / "pretrain" / tag for tag in cfg.pretrain],
+    )
+    log(f"== report -> {report} (and report.html)")
+    return report
