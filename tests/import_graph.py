@@ -124,3 +124,30 @@ def cycles(edges: list[Edge]) -> list[list[str]]:
         if v not in index:
             connect(v)
     return found
+
+
+# The library: what an experiment is made of. It never imports the layers that run experiments.
+LIBRARY = ("data", "attacks", "augment", "models", "interop", "objectives", "defenses", "evaluation", "detect")
+RUNNERS = ("train", "sweep", "study", "report", "cli")
+# What each layer may not import, by the first part of the module's name under the package.
+FORBIDDEN = {**{part: RUNNERS for part in LIBRARY}, "train": ("sweep", "study", "report", "cli")}
+
+
+def _part(module: str) -> str:
+    """``clipbackdoor.data.csv_source`` -> ``data``; ``clipbackdoor.models`` -> ``models``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def violations(root: Path, allowed_function_level: dict[tuple[str, str], str], exempt: tuple[str, ...]) -> list[str]:
+    """Every breach of the architecture in the package at ``root``: an import cycle, an import that points up a
+    layer (``FORBIDDEN``), and a function-level import of the package's own modules that is neither in a module
+    of ``exempt`` nor on ``allowed_function_level`` ((source, target) -> why)."""
+    edges = import_edges(root)
+    found = [f"import cycle: {' <-> '.join(c)}" for c in cycles(edges)]
+    for e in edges:
+        if _part(e.target) in FORBIDDEN.get(_part(e.source), ()):
+            found.append(f"{e.source}:{e.line} imports {e.target}: {_part(e.source)} may not import {_part(e.target)}")
+        if e.in_function and e.source not in exempt and (e.source, e.target) not in allowed_function_level:
+            found.append(f"{e.source}:{e.line} imports {e.target} inside a function (not on the allowlist)")
+    return found
