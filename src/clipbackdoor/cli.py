@@ -80,12 +80,13 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from clipbackdoor.study.config import load_study_config, read_study_tree
-    from clipbackdoor.study.plan import format_plan, is_study, plan_experiment, plan_study
+    from clipbackdoor.study.plan import format_plan, is_study, measurement_dirs, plan_experiment, plan_study
 
+    dirs = measurement_dirs(args.measured)
     if is_study(read_study_tree(args.config)):
-        stages = plan_study(load_study_config(args.config, args.overrides), args.gpus, cores=args.cores)
+        stages = plan_study(load_study_config(args.config, args.overrides), args.gpus, dirs, cores=args.cores)
     else:
-        stages = plan_experiment(load_config(args.config, args.overrides), args.gpus or 1, cores=args.cores)
+        stages = plan_experiment(load_config(args.config, args.overrides), args.gpus or 1, dirs, cores=args.cores)
     print(format_plan(stages))
     return 0
 
@@ -400,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **overrides)
     p.add_argument("--gpus", type=int, help="processes for training (a study's pre-training); default: its launcher")
     p.add_argument("--cores", type=int, help="CPU cores per node, for the data-path check; default: this machine's")
+    p.add_argument(
+        "--measured",
+        type=Path,
+        help="folder of benchmark JSONs (your GPU's), looked up first; or $CLIPBACKDOOR_MEASURED",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("synth", help="write synthetic web-like data: CSV + JPEGs, WebDataset shards, ImageNet eval set")

@@ -5,9 +5,10 @@ from clipbackdoor.objectives.registry import (
     OBJECTIVES,
     Features,
     Objective,
+    ObjectiveCost,
     WeightedObjective,
     register,
     split_term,
 )
 
-__all__ = ["OBJECTIVES", "Features", "Objective", "WeightedObjective", "register", "split_term"]
+__all__ = ["OBJECTIVES", "Features", "Objective", "ObjectiveCost", "WeightedObjective", "register", "split_term"]

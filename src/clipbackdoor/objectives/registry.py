@@ -11,6 +11,7 @@ Configs name terms with a weight, or a mapping of the weight and the term's own 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -77,6 +78,18 @@ def split_term(name: str, spec: float | dict[str, Any]) -> tuple[float, dict[str
     return weight, params
 
 
+@dataclass(frozen=True)
+class ObjectiveCost:
+    """What one training pair costs under an objective, read off what its terms encode (``views``,
+    ``reads_originals``) rather than off its name: encoder passes on the device, and the augmented views the
+    loader must make. RoCLIP encodes only its two views (CLIP's compute) yet augments them in the loader;
+    SafeCLIP encodes originals and views (MMCL+SSL's compute) and augments as MMCL+SSL does."""
+
+    image_passes: int  # image-encoder forward passes per pair and step
+    text_passes: int
+    augmented: frozenset[str]  # the views the loader makes (image_aug: an augmented image; text_aug: EDA)
+
+
 class WeightedObjective(torch.nn.Module):
     """``Σ weight_k · loss_k`` over the configured objectives, returning every part for logging."""
 
@@ -98,6 +111,16 @@ class WeightedObjective(torch.nn.Module):
     @property
     def reads_originals(self) -> bool:
         return any(t.reads_originals for t in self.terms.values())
+
+    def cost(self) -> ObjectiveCost:
+        """Passes as ``train.step.encode`` makes them: originals (if a term reads them) and, concatenated,
+        each view some term reads; without originals, the two views alone."""
+        views, originals = self.views, self.reads_originals
+        return ObjectiveCost(
+            image_passes=int(originals) + int("image_aug" in views or not originals),
+            text_passes=int(originals) + int("text_aug" in views or not originals),
+            augmented=views,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         for term in self.terms.values():

@@ -86,7 +86,11 @@ class StudyConfig(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="applied to the base for every stage")
     pretrain: dict[str, PretrainSpec] = Field(min_length=1, description="one poisoned model per entry")
     defenses: dict[str, SweepSpec] = Field(min_length=1, description="defense -> its sweep, run on every model")
-    workers: int = Field(1, ge=1, description="trials run at once in each sweep")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="trials at once; default: one per device slot (devices // devices_per_trial), 1 on CPU",
+    )
     storage: str | None = Field(None, description="Optuna storage for all sweeps; default: a journal per sweep")
     pretrain_launcher: list[str] = Field(
         default_factory=list,
@@ -242,6 +246,12 @@ def sweep_configs(cfg: StudyConfig) -> list[SweepConfig]:
         if pretrain.clean
         for defense, spec in cfg.defenses.items()
     ]
+
+
+def trial_workers(cfg: StudyConfig, devices: list[str]) -> int:
+    """Cleaning trials run at once: ``workers`` if given, else one per device slot of ``devices``
+    (``devices_per_trial`` each), and one on a machine without devices."""
+    return cfg.workers or max(1, len(devices) // cfg.devices_per_trial)
 
 
 def run_name(tag: str, seed: int | None = None, filtered: bool = False) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipbackdoor.config import CsvPairs, ExperimentConfig, FashionMNISTPairs
+from clipbackdoor.objectives import ObjectiveCost
 
 SMALL_SOURCE_SIDE = 320  # a median shorter side at most this: img2dataset-resized (256 px), not raw downloads
 PEEK_ROWS = 32
@@ -30,6 +31,12 @@ class DataRate:
     per_core: float
     regime: str
     source: str
+
+
+def loader_kind(cost: ObjectiveCost) -> str:
+    """The measured data path that does what this objective's loader does: ``mmcl`` decodes and resizes each
+    image; ``mmcl+ssl`` also makes an augmented image view and an EDA caption (whatever the loss then encodes)."""
+    return "mmcl+ssl" if cost.augmented else "mmcl"
 
 
 def find_data_rate(objective_kind: str, regime: str, decode: str, dirs: tuple[Path, ...]) -> DataRate | None:
@@ -74,13 +81,19 @@ def size_regime(cfg: ExperimentConfig) -> tuple[str, str]:
 
 
 def feed_report(
-    cfg: ExperimentConfig, processes: int, device_rate: float | None, cores: int, dirs: tuple[Path, ...]
+    cfg: ExperimentConfig,
+    cost: ObjectiveCost,
+    processes: int,
+    device_rate: float | None,
+    cores: int,
+    dirs: tuple[Path, ...],
 ) -> tuple[str | None, list[str]]:
-    """A line for the plan and warnings: loader cores per process × rate per core, against ``device_rate``
-    (samples/s per device, measured); nothing for in-memory data (Fashion-MNIST)."""
+    """A line for the plan and warnings: loader cores per process × rate per core for what the objective's
+    loader makes (``cost``), against ``device_rate`` (samples/s per device, measured); nothing for in-memory
+    data (Fashion-MNIST)."""
     if isinstance(cfg.data.train, FashionMNISTPairs):
         return None, []
-    kind = "mmcl+ssl" if "ssl" in cfg.objective else "mmcl"
+    kind = loader_kind(cost)
     regime, why = size_regime(cfg)
     rate = find_data_rate(kind, regime, cfg.data.decode, dirs)
     workers = cfg.data.num_workers

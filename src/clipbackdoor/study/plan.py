@@ -33,8 +33,9 @@ from clipbackdoor.data.batching import BatchLayout, batch_layout
 from clipbackdoor.data.webdataset_source import shard_urls
 from clipbackdoor.interop import CheckpointError
 from clipbackdoor.models import create_model, model_name, read_model_checkpoint
+from clipbackdoor.objectives import ObjectiveCost, WeightedObjective
 from clipbackdoor.resolve import load_config, validate_tree
-from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, sweep_configs
+from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, sweep_configs, trial_workers
 from clipbackdoor.study.data_rate import feed_report
 from clipbackdoor.study.seed_axis import base_seed, other_seeds, seed_sweep_home
 from clipbackdoor.sweep.config import SweepConfig
@@ -43,11 +44,23 @@ from clipbackdoor.sweep.runner import budget
 from clipbackdoor.sweep.space import as_overrides
 
 WARMUP_WARN_SHARE = 0.25
+MEASURED_PASSES = {1: "mmcl", 2: "mmcl+ssl"}  # encoder passes per pair -> the benchmarks' objective key
 IMAGENET_VAL = 50_000
 FASHION_MNIST = {"train": 60_000, "test": 10_000}
 # weights (fp32) + AdamW's two moments (fp32) per parameter, as a checkpoint stores them
 CHECKPOINT_BYTES_PER_PARAM = 12
-BENCHMARK_DIRS = (Path("benchmarks/results"), Path(__file__).resolve().parents[2] / "benchmarks" / "results")
+# The measured rates shipped with the package (copies of benchmarks/results' files that plan reads; a test keeps
+# them equal), so that an installed wheel plans with them too.
+PACKAGED_MEASUREMENTS = Path(__file__).resolve().parents[1] / "measured"
+MEASURED_ENV = "CLIPBACKDOOR_MEASURED"
+
+
+def measurement_dirs(given: Path | None = None) -> tuple[Path, ...]:
+    """Where measured rates are looked up, the first that has one winning: a folder the user names
+    (``plan --measured DIR`` or ``$CLIPBACKDOOR_MEASURED``: their own GPU's benchmark), ``benchmarks/results``
+    under the working directory (a fresh run of this repo's benchmarks), then the rates shipped with the package."""
+    named = given or (Path(os.environ[MEASURED_ENV]) if os.environ.get(MEASURED_ENV) else None)
+    return (*((named,) if named else ()), Path("benchmarks/results"), PACKAGED_MEASUREMENTS)
 
 
 @dataclass
@@ -88,6 +101,7 @@ class Stage:
     feed: str | None = None  # what the loader's cores deliver per process (feed.py); None for in-memory data
     where: Where | None = None  # in a study: where its progress is (progress.py)
     stops_early: bool = False  # cleaning runs an early-stopping sweep may end before their last epoch
+    cost: ObjectiveCost | None = None  # encoder passes per pair and the loader's views (the objective's own)
 
     @property
     def cleaning(self) -> bool:
@@ -239,6 +253,12 @@ def find_throughput(
     return None
 
 
+def device_kind(cost: ObjectiveCost) -> str | None:
+    """The measured training step with as many encoder passes per pair: ``mmcl`` one, ``mmcl+ssl`` two
+    (originals and views); None for another count (nothing measured)."""
+    return MEASURED_PASSES.get(max(cost.image_passes, cost.text_passes))
+
+
 def launcher_processes(launcher: list[str]) -> int:
     """Processes a launcher starts: torchrun's ``--nproc_per_node`` (1 when absent or not a number)."""
     for i, arg in enumerate(launcher):
@@ -261,11 +281,13 @@ def plan_stage(
     at_once: int = 1,
     poison_image_size: int | None = None,
     warnings: list[str] | None = None,
-    bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS,
+    bench_dirs: tuple[Path, ...] | None = None,
     cores: int | None = None,
 ) -> Stage:
     """The plan of one experiment config run ``runs`` times on ``processes`` processes, on a node with
-    ``cores`` CPU cores (default: this machine's)."""
+    ``cores`` CPU cores (default: this machine's), with the rates measured in ``bench_dirs`` (default:
+    :func:`measurement_dirs`)."""
+    bench_dirs = bench_dirs or measurement_dirs()
     layout = batch_layout(cfg.train, processes)
     params, image_size = model_facts(cfg.model)
     eval_images = count_eval_images(cfg.data.eval)
@@ -273,15 +295,15 @@ def plan_stage(
         eval_images = Count(2 * eval_images.n, f"{eval_images.source}; clean + triggered")
     evaluations = cfg.train.epochs + 1 if cfg.eval.every_epoch else 1
     kept = min(cfg.train.keep_last or cfg.train.epochs, cfg.train.epochs)
-    kind = "mmcl+ssl" if "ssl" in cfg.objective else "mmcl"
+    cost = WeightedObjective(cfg.objective).cost()
     stage = Stage(
         name, processes, launcher, layout, pairs, cfg.train.epochs, cfg.train.warmup_steps, eval_images,
         evaluations, runs, at_once, kept * params * CHECKPOINT_BYTES_PER_PARAM * runs,
-        find_throughput(cfg.model.name, cfg.train.precision, kind, bench_dirs),
-        [*(warnings or []), *checkpoint_warnings(cfg.model)],
+        find_throughput(cfg.model.name, cfg.train.precision, device_kind(cost), bench_dirs),
+        [*(warnings or []), *checkpoint_warnings(cfg.model)], cost=cost,
     )  # fmt: skip
     device_rate = stage.throughput[0] if stage.throughput else None
-    stage.feed, feed_warnings = feed_report(cfg, processes, device_rate, cores or os.cpu_count() or 1, bench_dirs)
+    stage.feed, feed_warnings = feed_report(cfg, cost, processes, device_rate, cores or os.cpu_count() or 1, bench_dirs)
     stage.warnings += feed_warnings
     if stage.total_steps and cfg.train.warmup_steps > WARMUP_WARN_SHARE * stage.total_steps:
         stage.warnings.append(
@@ -297,7 +319,7 @@ def plan_stage(
 
 
 def plan_experiment(
-    cfg: ExperimentConfig, gpus: int = 1, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS, cores: int | None = None
+    cfg: ExperimentConfig, gpus: int = 1, bench_dirs: tuple[Path, ...] | None = None, cores: int | None = None
 ) -> list[Stage]:
     """The plan of one run; data that `poison` is still to write is counted from the poison source."""
     pairs, poison = count_pairs(cfg.data.train), cfg.poison
@@ -363,15 +385,17 @@ def _clean_stage(
 
 
 def plan_study(
-    study: StudyConfig, gpus: int | None = None, bench_dirs: tuple[Path, ...] = BENCHMARK_DIRS, cores: int | None = None
+    study: StudyConfig, gpus: int | None = None, bench_dirs: tuple[Path, ...] | None = None, cores: int | None = None
 ) -> list[Stage]:
     """The study's stages in the order it runs them: pre-training per objective, one cleaning stage per
     (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed),
-    then the detection stage (pre-training again on the filtered data)."""
-
+    then the detection stage (pre-training again on the filtered data). With ``gpus``, the study runs on that
+    many devices; else on its own (``devices``, or those this machine sees)."""
+    bench_dirs = bench_dirs or measurement_dirs()
     stages = [_pretrain_stage(study, tag, None, gpus, bench_dirs, cores) for tag in study.pretrain]
-    slots = (gpus or len(resolve_devices(study.devices))) // study.devices_per_trial
-    at_once = min(study.workers, slots) if slots else study.workers
+    devices = [str(i) for i in range(gpus)] if gpus else resolve_devices(study.devices)
+    slots = len(devices) // study.devices_per_trial
+    at_once = min(trial_workers(study, devices), slots) if slots else trial_workers(study, devices)
     sweeps = sweep_configs(study)
     stages += [_clean_stage(study, s, f"clean {s.name}", budget(s), at_once, bench_dirs, cores) for s in sweeps]
     if study.seeds:
@@ -397,6 +421,14 @@ def plan_study(
 
 
 # ------------------------------------------------------------------------------------------------ output
+def _cost(cost: ObjectiveCost | None) -> str:
+    if cost is None:
+        return "?"
+    views = ", ".join(sorted(cost.augmented)) or "none"
+    return (f"{cost.image_passes} image + {cost.text_passes} text encoder passes per pair; "
+            f"augmented views the loader makes: {views}")  # fmt: skip
+
+
 def _n(value: int | None) -> str:
     return "?" if value is None else f"{value:,}"
 
@@ -425,6 +457,7 @@ def format_plan(stages: list[Stage]) -> str:
             f"  batch          global {lay.global_batch:,} = {lay.world_size} × {lay.per_process:,} per process; "
             f"micro-batch (BatchNorm group) {lay.micro_batch:,}, accumulation {lay.accum_steps}",
             f"  pairs          {_n(s.pairs.n)} ({s.pairs.source})",
+            f"  objective      {_cost(s.cost)}",
             f"  steps          {_n(s.steps_per_epoch)} per epoch × {s.epochs} epochs = {_n(s.total_steps)}; "
             f"warm-up {s.warmup_steps:,} steps = {warm}",
             f"  samples seen   {_n(s.samples_seen)}" + (" (all runs)" if s.runs > 1 else ""),

@@ -19,7 +19,7 @@ from clipbackdoor.attacks.poison import write_poisoned_dataset
 from clipbackdoor.config import ConfigError, save_config
 from clipbackdoor.report.build import build_report
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study.config import StudyConfig, stage_overrides, sweep_configs
+from clipbackdoor.study.config import StudyConfig, stage_overrides, sweep_configs, trial_workers
 from clipbackdoor.study.filtering import run_filtering
 from clipbackdoor.study.plan import format_plan, plan_study
 from clipbackdoor.study.pretraining import run_pretraining
@@ -32,7 +32,8 @@ from clipbackdoor.sweep.runner import run_sweeps
 def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) -> Path:
     """Run every stage that is not finished yet, writing ``progress.json`` as it goes; returns the report's
     Markdown file."""
-    device_slots(resolve_devices(cfg.devices), cfg.devices_per_trial, cfg.workers)  # fail now, not after days
+    devices = resolve_devices(cfg.devices)
+    device_slots(devices, cfg.devices_per_trial, trial_workers(cfg, devices))  # fail now, not after days
     stages = plan_study(cfg)
     log(format_plan(stages))
     save_config(cfg, cfg.study_dir / "study.yaml")
@@ -53,7 +54,8 @@ def _run_stages(cfg: StudyConfig, command: str | None, log: Any) -> Path:
     sweeps = sweep_configs(cfg)
     for sweep in sweeps:
         log(f"== sweep {sweep.name}: {sweep.defense}, {sweep.sampler} sampler -> {sweep.sweep_dir}")
-    run_sweeps(sweeps, threads=cfg.workers)  # on the study's slots together: none idles at a sweep's end
+    workers = trial_workers(cfg, resolve_devices(cfg.devices))
+    run_sweeps(sweeps, threads=workers)  # on the study's slots together: none idles at a sweep's end
     seeds = run_seeds(cfg, sweeps, log) if cfg.seeds else None
     filtering = run_filtering(cfg, log) if cfg.filter else None
     report = build_report(

@@ -18,9 +18,10 @@ from typing import Any
 from clipbackdoor.report.build import format_params, load_sweep, objective_label
 from clipbackdoor.report.seeds import POISONED, SeedRun
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, stage_overrides
+from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, stage_overrides, trial_workers
 from clipbackdoor.study.pretraining import run_pretraining
 from clipbackdoor.sweep.config import SweepConfig
+from clipbackdoor.sweep.devices import resolve_devices
 from clipbackdoor.sweep.runner import run_sweeps
 from clipbackdoor.sweep.select import Point, best_under
 from clipbackdoor.sweep.space import ParamSpec
@@ -91,7 +92,7 @@ def run_seeds(cfg: StudyConfig, sweeps: list[SweepConfig], log: Any = print) -> 
             seeded = seed_sweep(cfg, sweep, best, seed)
             log(f"== seeds {seeded.name}: {setting} -> {seeded.sweep_dir}")
             reruns.append((SeedRun(tag, result.pretrain, defense, setting, seed, "", best.epoch), seeded))
-    run_sweeps([seeded for _, seeded in reruns], threads=cfg.workers)
+    run_sweeps([seeded for _, seeded in reruns], threads=trial_workers(cfg, resolve_devices(cfg.devices)))
     for run, seeded in reruns:
         (run_dir,) = {p.run_dir for p in load_sweep(seeded.sweep_dir).points}
         runs.append(replace(run, run_dir=str(run_dir)))
