@@ -129,7 +129,17 @@ def _panels(results: list[SweepResult], asr_threshold: float) -> list[PlanePanel
     return list(panels.values())
 
 
-def _tables(results: list[SweepResult], panels: list[PlanePanel], asr_threshold: float) -> dict[str, Table]:
+def _sections(
+    results: list[SweepResult],
+    panels: list[PlanePanel],
+    asr_threshold: float,
+    seeds: Path | None,
+    filtering: Path | None,
+    pretrained: list[Path] | None,
+) -> list[tuple[str, Table]]:
+    """The report's tables, in the order it shows them: the headline first, then what explains it (detection
+    and filtering, the models before cleaning, the selected settings, their spread over seeds), then the detail.
+    A section whose input the study did not produce is left out."""
     defenses = list(dict.fromkeys(r.defense for r in results))
     best = Table(
         ["pre-training", "poisoned model", *defenses],
@@ -159,12 +169,21 @@ def _tables(results: list[SweepResult], panels: list[PlanePanel], asr_threshold:
             for r in results
         ],
     )  # fmt: skip
-    return {
-        f"Best cleaned models: CA / ASR % of the highest-CA model with ASR ≤ {asr_threshold:g} %": best,
-        "Selected models": selected,
-        "Pareto sets": fronts,
-        "Sweeps": sweeps,
-    }
+    sections: list[tuple[str, Table | None]] = [
+        (f"Best cleaned models: CA / ASR % of the highest-CA model with ASR ≤ {asr_threshold:g} %", best),
+        ("Detect, filter, pre-train again: the top pairs by a detector's score dropped before pre-training",
+         filter_table(filtering) if filtering is not None else None),
+        ("Detection by the poisoned model: AUROC / recall at the poison rate of each score",
+         detection_table(filtering) if filtering is not None else None),
+        ("Pre-trained on the poisoned data: CA / ASR / RA % after the last epoch, before any cleaning",
+         pretraining_table(pretrained, objective_label) if pretrained else None),
+        ("Selected models", selected),
+        ("Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)",
+         seed_table(seeds) if seeds is not None else None),
+        ("Pareto sets", fronts),
+        ("Sweeps", sweeps),
+    ]  # fmt: skip
+    return [(heading, table) for heading, table in sections if table is not None]
 
 
 def _write_points(results: list[SweepResult], path: Path) -> None:
@@ -226,28 +245,11 @@ def build_report(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_points(results, out_dir / "points.csv")
-    tables = _tables(results, panels, asr_threshold)
-    if seeds is not None:
-        heading = "Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)"
-        tables = {**dict(list(tables.items())[:2]), heading: seed_table(seeds), **dict(list(tables.items())[2:])}
-    if pretrained:
-        heading = "Pre-trained on the poisoned data: CA / ASR / RA % after the last epoch, before any cleaning"
-        tables = {**dict(list(tables.items())[:1]), heading: pretraining_table(pretrained, objective_label),
-                  **dict(list(tables.items())[1:])}  # fmt: skip
-    if filtering is not None:
-        tables = {
-            **dict(list(tables.items())[:1]),
-            "Detect, filter, pre-train again: the top pairs by a detector's score dropped before pre-training":
-                filter_table(filtering),
-            "Detection by the poisoned model: AUROC / recall at the poison rate of each score": detection_table(
-                filtering
-            ),
-            **dict(list(tables.items())[1:]),
-        }  # fmt: skip
+    tables = _sections(results, panels, asr_threshold, seeds, filtering, pretrained)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     made_by = f"Made by `{command}` on {stamp}." if command else f"Made on {stamp}."
     md = [f"# {title}", "", made_by, ""]
-    for heading, table in tables.items():
+    for heading, table in tables:
         md += [f"## {heading}", "", table.markdown(), ""]
     md += ["## Figures", ""]
     for caption, path in figures.items():
@@ -255,7 +257,7 @@ def build_report(
     md += ["All points: [points.csv](points.csv)."]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(made_by)}</p>"]
-    body += [f"<h2>{html.escape(h)}</h2>{t.html()}" for h, t in tables.items()]
+    body += [f"<h2>{html.escape(h)}</h2>{t.html()}" for h, t in tables]
     body += ["<h2>Figures</h2>"] + [f"<figure>{_embed(p)}<figcaption>{html.escape(c)}</figcaption></figure>"
                                     for c, p in figures.items()]  # fmt: skip
     style = (
