@@ -24,7 +24,7 @@ from common import RESULTS, count_flops, machine, matmul_peak_flops
 from clipbackdoor.models import create_model
 from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.resolve import load_config
-from clipbackdoor.train.step import forward_backward
+from clipbackdoor.train.step import StepSettings, forward_backward
 
 # objective -> (config, the study's global batch, its per-GPU micro-batch)
 STUDY = {"mmcl": ("{mmcl: 1.0}", 2048, 256), "mmcl+ssl": ("{mmcl: 1.0, ssl: 1.0}", 1024, 128)}
@@ -47,8 +47,10 @@ def measure(model_name: str, objective: str, global_batch: int, micro: int, step
         global_batch // micro
     )
 
+    settings = StepSettings(model, model, normalize, device, loss_fn, memory_format=fmt, bf16=cuda)
+
     def step() -> None:
-        forward_backward(model, model, normalize, batches, device, loss_fn, [], fmt, cuda)
+        forward_backward(settings, batches)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -79,9 +81,8 @@ def flops_per_sample(model_name: str, batch: int, objective: str) -> float:
     texts = bundle.tokenizer(["a photo of a bag."] * batch)
     images = torch.randint(0, 256, (batch, 3, bundle.image_size, bundle.image_size), dtype=torch.uint8)
     micro = [{"image": images, "image_aug": images.clone(), "text": texts, "text_aug": texts.clone()}]
-    cpu, fmt = torch.device("cpu"), torch.contiguous_format
-    return count_flops(lambda: forward_backward(bundle.model, bundle.model, bundle.normalize, micro, cpu, loss_fn,
-                                                [], fmt, False)) / batch  # fmt: skip
+    settings = StepSettings(bundle.model, bundle.model, bundle.normalize, torch.device("cpu"), loss_fn)
+    return count_flops(lambda: forward_backward(settings, micro)) / batch
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from clipbackdoor.config import ModelConfig
 from clipbackdoor.models import create_model
 from clipbackdoor.train.distributed import setup_distributed
-from clipbackdoor.train.step import forward_backward
+from clipbackdoor.train.step import StepSettings, forward_backward
 
 from .test_distributed import TERMS, _batch, _free_port, objective_for
 
@@ -34,9 +34,8 @@ def _split(batch: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tenso
 def _step(net, ddp, bundle, terms, micro_batches, rank=0, world=1) -> tuple[float, dict[str, torch.Tensor]]:
     bundle.model.zero_grad(set_to_none=True)
     objective = objective_for(terms, rank, world)
-    loss, _ = forward_backward(
-        net, ddp, bundle.normalize, micro_batches, torch.device("cpu"), objective, [], torch.contiguous_format, False
-    )
+    settings = StepSettings(net, ddp, bundle.normalize, torch.device("cpu"), objective)
+    loss, _ = forward_backward(settings, micro_batches)
     return float(loss), {n: p.grad.clone() for n, p in bundle.model.named_parameters() if p.grad is not None}
 
 
