@@ -18,7 +18,8 @@ from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, CsvPairs, ImageNetLabelled, WebDatasetPairs
 from clipbackdoor.data import BadRow, build_labelled_dataset, build_pair_dataset, build_pair_rows
 from clipbackdoor.data.datasets import DECODE_ERRORS
-from clipbackdoor.synth import EVAL, TRAIN, SynthManifest, _rendered, class_looks, imagenet_classnames, synthesize
+from clipbackdoor.synth import EVAL, TRAIN, SynthManifest, class_looks, imagenet_classnames, synthesize
+from clipbackdoor.synth.writers import _rendered
 
 TOKENIZER = open_clip.get_tokenizer("RN50")
 SMALL = {"pairs": 60, "eval_images": 20, "classes": 5, "corrupt": 4, "shard_size": 25, "max_side": 400}
