@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write_result
 
 from clipbackdoor.sweep import Point, SweepConfig, best_under, hypervolume, run_sweep, sweep_points
-from clipbackdoor.sweep.runner import REUSE_LIMIT, make_sampler
 from clipbackdoor.sweep.stopping import EarlyStopSpec, stop_after_epoch, value_so_far
+from clipbackdoor.sweep.storage import make_sampler
+from clipbackdoor.sweep.trials import REUSE_LIMIT
 
 LRS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3]
 SSL_WEIGHTS = [0.5, 1.0, 2.0, 4.0]

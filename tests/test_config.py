@@ -85,7 +85,7 @@ def test_configs_cannot_run_code(tmp_path: Path) -> None:
 def test_every_shipped_config_validates() -> None:
     from clipbackdoor.config import builtin_config_path
     from clipbackdoor.study.config import load_study_config, sweep_configs
-    from clipbackdoor.sweep.runner import budget
+    from clipbackdoor.sweep.trials import budget
 
     folder = builtin_config_path("demo").parent
     names = sorted(p.stem for p in folder.glob("*.yaml"))

@@ -28,22 +28,11 @@ from clipbackdoor.sweep import (
     pareto_front,
     sweep_points,
 )
-from clipbackdoor.sweep.runner import (
-    DIRECTIONS,
-    MAX_LOST,
-    REUSE_LIMIT,
-    TrialFailed,
-    Worker,
-    _exclusive,
-    _identity,
-    budget,
-    open_storage,
-    requeue_lost_trials,
-    stopped_early,
-    sweep_done,
-    trial_points,
-)
+from clipbackdoor.sweep.recovery import MAX_LOST, TrialFailed, exclusive, requeue_lost_trials
 from clipbackdoor.sweep.space import ParamSpec, as_overrides, grid_space
+from clipbackdoor.sweep.storage import DIRECTIONS, _identity, open_storage
+from clipbackdoor.sweep.trials import REUSE_LIMIT, budget, stopped_early, sweep_done, trial_points
+from clipbackdoor.sweep.worker import Worker
 
 TINY_CLEANING = {"train.epochs": 1, "train.batch_size": 16, "train.warmup_steps": 1, "train.keep_last": 1}
 
@@ -249,7 +238,7 @@ def test_a_run_directory_is_held_by_one_worker_at_a_time(tmp_path: Path) -> None
     acquired = threading.Event()
 
     def take() -> None:
-        with _exclusive(lock, threading.Event()):
+        with exclusive(lock, threading.Event()):
             acquired.set()
 
     taker = threading.Thread(target=take)
@@ -257,7 +246,7 @@ def test_a_run_directory_is_held_by_one_worker_at_a_time(tmp_path: Path) -> None
         assert holder.stdout.readline().strip() == "held"
         stopping = threading.Event()
         threading.Timer(0.5, stopping.set).start()
-        with pytest.raises(TrialFailed, match="interrupted while waiting"), _exclusive(lock, stopping):
+        with pytest.raises(TrialFailed, match="interrupted while waiting"), exclusive(lock, stopping):
             pass
         taker.start()
         assert not acquired.wait(1.5)  # waits while its holder lives

@@ -121,9 +121,9 @@ def test_a_study_s_sweeps_share_its_slots_so_none_idles_at_a_sweep_s_end(
 ) -> None:
     """Three one-point sweeps on two slots: the second sweep starts while the first still runs, and the slot
     left waiting for the third's trial is woken when it ends, not at its next look (made 5 minutes here)."""
-    from clipbackdoor.sweep import runner
+    from clipbackdoor.sweep import scheduling, worker
 
-    monkeypatch.setattr(runner, "OTHERS_POLL_S", 300.0)
+    monkeypatch.setattr(worker, "OTHERS_POLL_S", 300.0)
     trial = tmp_path / "fake_trial.py"
     trial.write_text(FAKE_TRIAL)
     fields = {
@@ -133,7 +133,7 @@ def test_a_study_s_sweeps_share_its_slots_so_none_idles_at_a_sweep_s_end(
         "heartbeat_s": 300.0,
     }
     cfgs = [load_sweep_config(write_sweep(tmp_path / f"s{i}.yaml", tmp_path, name=f"s{i}", **fields)) for i in range(3)]
-    studies = runner.run_sweeps(cfgs, threads=2)
+    studies = scheduling.run_sweeps(cfgs, threads=2)
     returned = time.time()
     assert [len(s.get_trials(states=(TrialState.COMPLETE,))) for s in studies] == [1, 1, 1]
     spans = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweeps").glob("s*/trials/*.span.json"))]
@@ -141,4 +141,4 @@ def test_a_study_s_sweeps_share_its_slots_so_none_idles_at_a_sweep_s_end(
     assert spans[1]["start"] < spans[0]["end"] and {spans[0]["slot"], spans[1]["slot"]} == {"0", "1"}
     assert returned - max(span["end"] for span in spans) < 60  # not the 300 s look
     with pytest.raises(ConfigError, match="same devices"):
-        runner.run_sweeps([cfgs[0], cfgs[1].model_copy(update={"devices": ["2"]})])
+        scheduling.run_sweeps([cfgs[0], cfgs[1].model_copy(update={"devices": ["2"]})])

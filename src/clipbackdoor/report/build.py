@@ -33,8 +33,9 @@ from clipbackdoor.report.pretraining import pretraining_table
 from clipbackdoor.report.seeds import seed_table
 from clipbackdoor.report.tables import Table, format_value
 from clipbackdoor.sweep.config import load_sweep_config
-from clipbackdoor.sweep.runner import epochs_run, open_storage, stopped_early
 from clipbackdoor.sweep.select import Point, best_under, hypervolume, pareto_front, sweep_points
+from clipbackdoor.sweep.storage import open_storage
+from clipbackdoor.sweep.trials import epochs_run, stopped_early
 
 
 def objective_label(objective: dict) -> str:

@@ -40,8 +40,8 @@ from clipbackdoor.study.data_rate import feed_report
 from clipbackdoor.study.seed_axis import base_seed, other_seeds, seed_sweep_home
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.devices import resolve_devices
-from clipbackdoor.sweep.runner import budget
 from clipbackdoor.sweep.space import as_overrides
+from clipbackdoor.sweep.trials import budget
 
 WARMUP_WARN_SHARE = 0.25
 MEASURED_PASSES = {1: "mmcl", 2: "mmcl+ssl"}  # encoder passes per pair -> the benchmarks' objective key

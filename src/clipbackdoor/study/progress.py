@@ -30,7 +30,8 @@ from optuna.trial import TrialState
 from clipbackdoor.metrics_log import read_records
 from clipbackdoor.study.config import StudyConfig
 from clipbackdoor.study.plan import Stage
-from clipbackdoor.sweep.runner import counts_toward_budget, open_storage
+from clipbackdoor.sweep.storage import open_storage
+from clipbackdoor.sweep.trials import counts_toward_budget
 
 PROGRESS_EVERY_S = 30.0
 

@@ -26,7 +26,7 @@ from clipbackdoor.study.pretraining import run_pretraining
 from clipbackdoor.study.progress import ProgressWriter
 from clipbackdoor.study.seed_axis import run_seeds
 from clipbackdoor.sweep.devices import device_slots, resolve_devices
-from clipbackdoor.sweep.runner import run_sweeps
+from clipbackdoor.sweep.scheduling import run_sweeps
 
 
 def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) -> Path:

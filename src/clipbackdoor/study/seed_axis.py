@@ -22,7 +22,7 @@ from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name,
 from clipbackdoor.study.pretraining import run_pretraining
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.devices import resolve_devices
-from clipbackdoor.sweep.runner import run_sweeps
+from clipbackdoor.sweep.scheduling import run_sweeps
 from clipbackdoor.sweep.select import Point, best_under
 from clipbackdoor.sweep.space import ParamSpec
 

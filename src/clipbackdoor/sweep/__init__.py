@@ -1,8 +1,9 @@
 """Optuna sweeps over cleaning hyperparameters, and selection of the best cleaned models."""
 
 from clipbackdoor.sweep.config import SweepConfig, SweepSpec, load_sweep_config
-from clipbackdoor.sweep.runner import open_study, run_sweep
+from clipbackdoor.sweep.scheduling import run_sweep
 from clipbackdoor.sweep.select import Point, best_under, hypervolume, pareto_front, sweep_points
+from clipbackdoor.sweep.storage import open_study
 
 __all__ = [
     "Point",
