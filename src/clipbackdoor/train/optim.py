@@ -18,6 +18,8 @@ from clipbackdoor.config import TrainConfig
 from clipbackdoor.hooks import is_exempt_from_weight_decay
 
 _NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
+
+
 def no_decay_names(model: torch.nn.Module) -> set[str]:
     """Parameters exempt from weight decay: norm layers, biases (any 1-d tensor), logit_scale and every
     parameter of a module marked by :func:`clipbackdoor.hooks.exempt_from_weight_decay`."""
