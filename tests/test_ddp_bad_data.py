@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from clipbackdoor.data.fashion_mnist import CLASSNAMES
@@ -107,6 +108,8 @@ def test_corrupt_csv_images_under_two_ranks_then_resume_on_one(fmnist_root: Path
     assert (resumed["batch/world_size"], resumed["batch/per_process"], resumed["batch/accum_steps"]) == (1, 16, 2)
 
 
+# CI: test_rehearsal's 2-rank pre-trainings read shards with corrupt samples of four kinds (replaced, counted)
+@pytest.mark.slow
 def test_corrupt_shard_images_under_two_ranks(fmnist_root: Path, tmp_path: Path) -> None:
     train = _shards(tmp_path / "shards")
     assert _run(fmnist_root, tmp_path, "two", train, ranks=2) == 0

@@ -88,6 +88,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# CI: implied by test_accumulation (2 ranks = 1 process accumulating = the whole batch, for every objective)
+@pytest.mark.slow
 def test_two_ranks_match_one_process_with_the_double_batch(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

@@ -53,7 +53,7 @@ def test_an_old_launcher_key_is_refused_with_its_replacements(tmp_path: Path) ->
     assert plain[:4] == [sys.executable, "-m", "clipbackdoor", "pretrain"]
 
 
-def test_pretraining_runs_under_its_launcher_once_and_is_read_back_after(
+def test_a_failing_pretraining_launcher_names_its_log(
     fmnist_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     config = write_study(tmp_path / "study.yaml", fmnist_root)
@@ -63,6 +63,15 @@ def test_pretraining_runs_under_its_launcher_once_and_is_read_back_after(
     err = capsys.readouterr().err
     assert f"pre-training mmcl failed with exit code 3; its output is in {root / 'pretrain' / 'mmcl.log'}" in err
     assert "no GPU here" in (root / "pretrain" / "mmcl.log").read_text()
+
+
+# CI: test_rehearsal runs each pre-training under its torchrun launcher; test_study_seeds reads finished ones back
+@pytest.mark.slow
+def test_pretraining_runs_under_its_launcher_once_and_is_read_back_after(
+    fmnist_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = write_study(tmp_path / "study.yaml", fmnist_root)
+    root = tmp_path / "tiny-study"
 
     pretrain, pretrained = recording_launcher(tmp_path, "pretrain")
     clean, cleaned = recording_launcher(tmp_path, "clean")
