@@ -65,9 +65,10 @@ def test_plan_of_the_extended_cc3m_study_keeps_the_regimes_recipes(gpus: int) ->
 
     assert all(shape(stages[name]) == shape(stage) for name, stage in paper.items())
     roclip, safeclip = stages["pre-train roclip"], stages["pre-train safeclip"]
-    assert (roclip.layout.global_batch, roclip.layout.micro_batch, roclip.epochs) == (2048, 256, 24)
-    assert (safeclip.layout.global_batch, safeclip.layout.micro_batch, safeclip.epochs) == (1024, 128, 32)
-    assert roclip.total_steps == (CC3M_PAIRS // 2048) * 24 and roclip.warmup_steps == safeclip.warmup_steps == 10_000
+    # both reference codes divide --batch_size by the GPU count (RoCLIP main.py:63, SafeCLIP main.py:65): global
+    assert (roclip.layout.global_batch, roclip.layout.micro_batch, roclip.epochs) == (512, 64, 24)
+    assert (safeclip.layout.global_batch, safeclip.layout.micro_batch, safeclip.epochs) == (128, 16, 32)
+    assert roclip.total_steps == (CC3M_PAIRS // 512) * 24 and roclip.warmup_steps == safeclip.warmup_steps == 10_000
     assert not any(name.startswith("clean roclip") or name.startswith("clean safeclip") for name in stages)
     filtered = [name for name in stages if name.startswith("detect with")]
     assert filtered == list(stages)[-2:] and len(filtered) == 2
