@@ -18,17 +18,18 @@ from clipbackdoor.study.plan import PACKAGED_MEASUREMENTS, device_kind, measurem
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = frozenset({"image_aug", "text_aug"})
+AA, SIMCLR = "autoaugment-imagenet", "simclr"
 
 
 @pytest.mark.parametrize(
     ("terms", "cost", "device", "loader"),
     [
         ({"mmcl": 1.0}, ObjectiveCost(1, 1, frozenset()), "mmcl", "mmcl"),
-        ({"mmcl": 1.0, "ssl": 1.0}, ObjectiveCost(2, 2, VIEWS), "mmcl+ssl", "mmcl+ssl"),
-        ({"roclip": 1.0}, ObjectiveCost(1, 1, VIEWS), "mmcl", "mmcl+ssl"),  # CLIP's compute on augmented views
-        ({"safeclip": 1.0}, ObjectiveCost(2, 2, VIEWS), "mmcl+ssl", "mmcl+ssl"),  # originals and views
+        ({"mmcl": 1.0, "ssl": 1.0}, ObjectiveCost(2, 2, VIEWS, AA), "mmcl+ssl", "mmcl+ssl"),
+        ({"roclip": 1.0}, ObjectiveCost(1, 1, VIEWS, SIMCLR), "mmcl", "simclr"),  # CLIP's compute on its views
+        ({"safeclip": 1.0}, ObjectiveCost(2, 2, VIEWS, SIMCLR), "mmcl+ssl", "simclr"),
         ({"mmcl": 1.0, "ssl": {"weight": 1.0, "image": 1.0, "text": 0.0}},
-         ObjectiveCost(2, 1, frozenset({"image_aug"})), "mmcl+ssl", "mmcl+ssl"),
+         ObjectiveCost(2, 1, frozenset({"image_aug"}), AA), "mmcl+ssl", "mmcl+ssl"),
     ],
 )  # fmt: skip
 def test_an_objective_states_its_own_cost(terms: dict, cost: ObjectiveCost, device: str, loader: str) -> None:

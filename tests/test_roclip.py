@@ -74,3 +74,17 @@ def test_a_resumed_roclip_run_equals_an_uninterrupted_one(
     records = [json.loads(line) for line in (whole.run_dir / "metrics.jsonl").open()]
     pooled = {r["epoch"]: r["train/roclip/pooled"] for r in records if r["kind"] == "epoch" and r["epoch"] > 0}
     assert pooled[1] == 0 and pooled[3] == 0 and 0 < pooled[2] < 1 and pooled[4] == 1  # first step of 2: empty
+
+
+def test_the_matching_off_control_is_the_clip_loss_on_the_same_views_every_epoch() -> None:
+    control = RoCLIP(pool_size=3, period=2, matching=False)
+    control.set_epoch(2)
+    control.after_step({"text_aug": _unit([1, 0], [0, 1])})
+    assert control.pool is None and not control.matches_now  # no pool is kept, none is read
+    image, text, s = _unit([0.9, 0.3], [0.1, 1.0]), _unit([0, -1], [1, 1]), torch.tensor(10.0)
+    targets = torch.arange(2)
+    plain = 0.5 * (F.cross_entropy(s * image @ text.T, targets) + F.cross_entropy(s * text @ image.T, targets))
+    out = control({"image_aug": image, "text_aug": text, "logit_scale": s})
+    assert out["loss"] == pytest.approx(plain.item()) and out["pooled"] == 0
+    cfg = load_config("demo", ["objective={roclip: {weight: 1.0, matching: false}}"])
+    assert (cfg.augment.image, cfg.augment.fixed_captions) == ("simclr", True)  # the same views as RoCLIP's

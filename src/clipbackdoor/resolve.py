@@ -17,7 +17,7 @@ from clipbackdoor.attacks import build_trigger
 from clipbackdoor.config import ExperimentConfig, read_config_tree, validate_as
 from clipbackdoor.defenses import build_defense
 from clipbackdoor.models import ClipBundle, create_model, resolve_device
-from clipbackdoor.objectives import OBJECTIVES, split_term
+from clipbackdoor.objectives import OBJECTIVES, split_term, view_policy
 
 
 class RegistryResolver:
@@ -35,6 +35,10 @@ class RegistryResolver:
 
     def model_defaults(self, name: str) -> dict[str, Any]:
         return OBJECTIVES[name].model_defaults
+
+    def view_policy(self, terms: dict[str, Any]) -> dict[str, Any]:
+        policy = view_policy(terms)
+        return {"image": policy.image, "fixed_captions": policy.fixed_captions}
 
 
 RESOLVER = RegistryResolver()

@@ -41,6 +41,10 @@ class Resolver(Protocol):
         """Model settings the loss ``name`` needs where a config leaves them unset (SigLIP's logit bias)."""
         ...
 
+    def view_policy(self, terms: dict[str, Any]) -> dict[str, Any]:
+        """``augment`` settings (image policy, fixed captions) the terms' reference codes make their views by."""
+        ...
+
 
 def _resolver(info: ValidationInfo) -> Resolver | None:
     return (info.context or {}).get("resolver")
@@ -120,10 +124,19 @@ class EDAConfig(Strict):
 class AugmentConfig(Strict):
     """The augmented views of the self-supervised losses; made only when an objective needs them."""
 
-    image: Literal["autoaugment-imagenet"] = "autoaugment-imagenet"
+    image: Literal["autoaugment-imagenet", "simclr"] | None = Field(
+        None,
+        description="image views: AutoAugment's ImageNet policy or SimCLR-style; default: the objective's (AutoAugment "
+        "for ssl, SimCLR for roclip and safeclip, as their codes)",
+    )
     text: EDAConfig = Field(default_factory=EDAConfig)
     fresh_each_epoch: bool = Field(
-        True, description="draw new views every epoch (the reference code drew them once and reused them)"
+        True, description="draw new views every epoch (CleanCLIP's code drew them once and reused them)"
+    )
+    fixed_captions: bool | None = Field(
+        None,
+        description="draw the EDA captions once, as when the data set is built; default: the objective's (true for "
+        "roclip and safeclip, as their codes)",
     )
 
 
@@ -248,12 +261,17 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _objective_model_defaults(self, info: ValidationInfo) -> ExperimentConfig:
-        """Fill model settings an objective needs (SigLIP's logit bias) where the config left them unset."""
+        """Fill model settings an objective needs (SigLIP's logit bias) and how its views are made where the
+        config left them unset."""
         resolver = _resolver(info)
         for name in self.objective if resolver else ():
             for key, value in resolver.model_defaults(name).items():
                 if getattr(self.model, key) is None:
                     setattr(self.model, key, value)
+        unset = self.augment.image is None or self.augment.fixed_captions is None
+        for key, value in (resolver.view_policy(self.objective) if resolver and unset else {}).items():
+            if getattr(self.augment, key) is None:
+                setattr(self.augment, key, value)
         return self
 
     @property

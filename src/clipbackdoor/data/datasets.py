@@ -93,8 +93,8 @@ class PairDataset(Dataset):
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
         caption = self.rows.caption(index)
         item.update(text=self._tokens(caption), index=index)
-        if self.view_maker is not None and "text_aug" in self.view_maker.views:
-            item["text_aug"] = self._tokens(self.view_maker.text(caption, epoch, index))
+        for view in self.view_maker.text_views if self.view_maker is not None else ():
+            item[view] = self._tokens(self.view_maker.text(caption, epoch, index, view))
         return item
 
     def __getstate__(self) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def image_entries(
 
     ``image`` is uint8 [3, S, S]: a whole JPEG (``encoded``, the file's bytes) is decoded by torchvision and
     resized by torch, anything else opened by ``open_image`` and resized by PIL (:class:`ResizeCenterCrop`).
-    If the view maker asks for it, ``image_aug`` is its AutoAugment view, made on the PIL image (~3x cheaper
+    Each image view the view maker asks for (``image_aug``, ``image_aug2``) is made on the PIL image (~3x cheaper
     than torchvision's tensor kernels per image on the CPU). With ``device_decode`` (``data.decode: gpu``) the
     view is left to the device, and a whole JPEG is passed on as its bytes (uint8 [n]) for the device to
     decode (:mod:`clipbackdoor.data.device_decode`). A truncated JPEG goes to PIL, which refuses it.
@@ -165,10 +165,11 @@ def image_entries(
             resized = transform.resize(source)
         image = transform.to_tensor(resized)
     entries = {"image": image}
-    if not device_decode and view_maker is not None and "image_aug" in view_maker.views:
+    if not device_decode and view_maker is not None and view_maker.image_views:
         if resized is None:
             resized = Image.fromarray(image.permute(1, 2, 0).numpy())
-        entries["image_aug"] = transform.to_tensor(view_maker.image(resized, epoch, index))
+        for view in view_maker.image_views:
+            entries[view] = transform.to_tensor(view_maker.image(resized, epoch, index, view))
     return entries
 
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from clipbackdoor.config import ConfigError
 from clipbackdoor.data.bad_rows import BadRow
 from clipbackdoor.data.transforms import ResizeCenterCrop, resize_center_crop
 
@@ -30,6 +31,15 @@ class DeviceDecode:
     view maker asks for it, ``image_aug`` made there from the decoded images."""
 
     def __init__(self, size: int, device: torch.device, view_maker: Any = None):
+        if (
+            view_maker is not None
+            and view_maker.image_views
+            and (view_maker.policy != "autoaugment-imagenet" or view_maker.image_views != ("image_aug",))
+        ):
+            raise ConfigError(
+                f"data.decode: gpu makes AutoAugment's image_aug on the device; augment.image={view_maker.policy} "
+                f"with {list(view_maker.image_views)} has no device form: use data.decode: cpu"
+            )
         self.size, self.device, self.view_maker = size, device, view_maker
 
     def __call__(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
@@ -38,7 +48,7 @@ class DeviceDecode:
             images = self.decode(images, batch)
         images = images.to(self.device, non_blocking=True)
         batch["image"] = images
-        if self.view_maker is not None and "image_aug" in self.view_maker.views:
+        if self.view_maker is not None and self.view_maker.image_views:
             batch["image_aug"] = self.view_maker.image_batch(images, epoch, batch["index"].tolist())
         return batch
 

@@ -142,8 +142,8 @@ class ShardPairs(IterableDataset):
         except DECODE_ERRORS as err:
             return BadRow(url, index, f"sample {key!r}: unreadable image ({err})")
         item.update(text=self.tokenizer([caption])[0], index=index)
-        if self.view_maker is not None and "text_aug" in self.view_maker.views:
-            item["text_aug"] = self.tokenizer([self.view_maker.text(caption, self.epoch, index)])[0]
+        for view in self.view_maker.text_views if self.view_maker is not None else ():
+            item[view] = self.tokenizer([self.view_maker.text(caption, self.epoch, index, view)])[0]
         return item
 
 

@@ -9,6 +9,16 @@ from clipbackdoor.objectives.registry import (
     WeightedObjective,
     register,
     split_term,
+    view_policy,
 )
 
-__all__ = ["OBJECTIVES", "Features", "Objective", "ObjectiveCost", "WeightedObjective", "register", "split_term"]
+__all__ = [
+    "OBJECTIVES",
+    "Features",
+    "Objective",
+    "ObjectiveCost",
+    "WeightedObjective",
+    "register",
+    "split_term",
+    "view_policy",
+]

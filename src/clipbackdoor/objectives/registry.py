@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from clipbackdoor.augment import IMAGE_VIEWS, TEXT_VIEWS, ViewPolicy
 from clipbackdoor.registry import Registry
 
 Features = dict[str, torch.Tensor]
@@ -26,6 +27,8 @@ class Objective(torch.nn.Module):
 
     # Model settings the objective needs unless the config sets them (e.g. SigLIP's logit bias).
     model_defaults: ClassVar[dict[str, float]] = {}
+    # How its reference code makes the views it reads (None: it reads none).
+    view_policy: ClassVar[ViewPolicy | None] = None
 
     def __init__(self, rank: int = 0, world_size: int = 1):
         super().__init__()
@@ -88,6 +91,19 @@ class ObjectiveCost:
     image_passes: int  # image-encoder forward passes per pair and step
     text_passes: int
     augmented: frozenset[str]  # the views the loader makes (image_aug: an augmented image; text_aug: EDA)
+    image_policy: str | None = None  # how the loader augments images (AutoAugment, SimCLR's), if it does
+
+
+def view_policy(terms: dict[str, Any]) -> ViewPolicy:
+    """The one way the configured terms' views are made: their reference codes' (AutoAugment and fresh captions
+    when no term says)."""
+    policies = {OBJECTIVES[name].view_policy for name in terms} - {None}
+    if len(policies) > 1:
+        raise ValueError(
+            f"objective: {sorted(terms)} make their views differently ({sorted(map(str, policies))}); "
+            "set augment.image and augment.fixed_captions"
+        )
+    return policies.pop() if policies else ViewPolicy()
 
 
 class WeightedObjective(torch.nn.Module):
@@ -117,9 +133,10 @@ class WeightedObjective(torch.nn.Module):
         each view some term reads; without originals, the two views alone."""
         views, originals = self.views, self.reads_originals
         return ObjectiveCost(
-            image_passes=int(originals) + int("image_aug" in views or not originals),
-            text_passes=int(originals) + int("text_aug" in views or not originals),
+            image_passes=int(originals) + len(views & set(IMAGE_VIEWS)),
+            text_passes=int(originals) + len(views & set(TEXT_VIEWS)),
             augmented=views,
+            image_policy=view_policy(dict(self.weights)).image if views & set(IMAGE_VIEWS) else None,
         )
 
     def set_epoch(self, epoch: int) -> None:

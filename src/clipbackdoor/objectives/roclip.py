@@ -1,16 +1,22 @@
 """RoCLIP (Yang, Gao & Mirzasoleiman, NeurIPS 2023): pre-training that breaks the image–caption link poisons need.
 
+Follows BigML-CS-UCLA/RoCLIP: ``model/src/train.py`` (the loss and the pool), ``model/src/parser.py``
+(defaults), ``model/src/data.py`` and ``model/utils/augment_image.py`` / ``augment_text.py`` (views).
+
 Every ``period``-th epoch, each image is matched not with its own caption but with the caption nearest to it
 (cosine) in a pool of captions from earlier steps; the pool is a first-in-first-out memory bank of caption
 embeddings, filled during those epochs. A poisoned image rarely finds its poisoned caption there, so the
-trigger is not tied to the target. The other epochs use the CLIP loss. Both modalities are augmented
-(the reference's ``--cross_aug``: AutoAugment images, EDA captions): the loss reads the augmented views,
-and the originals are not encoded at all.
+trigger is not tied to the target. The loss there is CLIP's between each image and its matched caption (the
+pool's entries carry no gradient: the text encoder learns nothing in those epochs, as in the reference, whose
+own-caption term has weight 0). The other epochs use the CLIP loss. With the README's ``--cross_aug`` the
+loss sees only augmented inputs: a SimCLR-style image view redrawn every load and one EDA caption drawn once
+(the objective's view policy; the originals are not encoded at all).
 
-Defaults are the reference code's (BigML-CS-UCLA/RoCLIP, ``src/parser.py``): ``--memory_bank_size 21845``,
-``--break_epoch 2`` (epochs numbered from 1, so the pool is used in epochs 2, 4, ...). Where we depart:
-the reference's pool starts as random vectors (lightly's memory bank); ours starts empty and a step with
-an empty pool uses the batch's own captions (the CLIP loss). Matching (local rows against the gathered
+Defaults are the reference code's: ``--memory_bank_size 21845``, ``--break_epoch 2`` (epochs numbered from 1,
+so the pool is used in epochs 2, 4, ...). ``matching: false`` is the control that separates the two costs of
+the method: the same augmented views under the CLIP loss every epoch. Where we depart (docs/departures.md): the
+reference's pool starts as unnormalised random vectors (lightly 1.2.39's memory bank); ours starts empty and a
+step with an empty pool uses the batch's own captions (the CLIP loss). Matching (local rows against the gathered
 batch, as every loss here) and the pool's update are exact under DDP and gradient accumulation: the pool is
 read as it was before the step and updated once, after it, with every rank's captions; it is checkpointed.
 """
@@ -23,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from clipbackdoor.augment import ViewPolicy
 from clipbackdoor.objectives.distributed import gather_with_grad, local_targets
 from clipbackdoor.objectives.registry import Features, Objective, register
 
@@ -46,11 +53,15 @@ def gather_detached(x: torch.Tensor, world_size: int) -> torch.Tensor:
 
 @register("roclip")
 class RoCLIP(Objective):
-    def __init__(self, rank: int = 0, world_size: int = 1, pool_size: int = 21845, period: int = 2):
+    view_policy = ViewPolicy("simclr", fixed_captions=True)  # utils/augment_image.py; src/data.py:29-30
+
+    def __init__(
+        self, rank: int = 0, world_size: int = 1, pool_size: int = 21845, period: int = 2, matching: bool = True
+    ):
         super().__init__(rank, world_size)
         if pool_size < 1 or period < 1:
             raise ValueError("roclip: pool_size and period must be >= 1")
-        self.pool_size, self.period = pool_size, period
+        self.pool_size, self.period, self.matching = pool_size, period, matching
         self.pool: torch.Tensor | None = None  # [pool_size, dim], made at the first update
         self.filled, self.cursor, self.epoch = 0, 0, 1
 
@@ -63,9 +74,9 @@ class RoCLIP(Objective):
         return False
 
     @property
-    def matching(self) -> bool:
-        """Whether this epoch matches images with pooled captions."""
-        return self.epoch % self.period == 0
+    def matches_now(self) -> bool:
+        """Whether this epoch matches images with pooled captions (never in the ``matching: false`` control)."""
+        return self.matching and self.epoch % self.period == 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -80,7 +91,7 @@ class RoCLIP(Objective):
 
     def forward(self, features: Features) -> dict[str, torch.Tensor]:
         image, text, s = features["image_aug"], features["text_aug"], features["logit_scale"]
-        if not self.matching or self.filled == 0:
+        if not self.matches_now or self.filled == 0:
             return {"loss": clip_ce(image, text, s, self.rank, self.world_size), "pooled": image.new_zeros(())}
         nn_text = self.nearest(image)  # pool entries: no gradient reaches the text encoder in these epochs
         targets = local_targets(len(image), self.rank, image.device)
@@ -91,7 +102,7 @@ class RoCLIP(Objective):
 
     def after_step(self, features: Features) -> None:
         """In a matching epoch, the step's captions (all ranks') go into the pool, oldest out first."""
-        if not self.matching:
+        if not self.matches_now:
             return
         captions = F.normalize(gather_detached(features["text_aug"], self.world_size).float(), dim=-1)
         if self.pool is None:

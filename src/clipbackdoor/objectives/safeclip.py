@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipbackdoor.augment import ViewPolicy
 from clipbackdoor.config import ConfigError
 from clipbackdoor.hooks import Hook, LoopContext, training_embeddings
 from clipbackdoor.objectives.distributed import gather_with_grad, local_targets
@@ -78,6 +79,8 @@ def masked_ce(
 
 @register("safeclip")
 class SafeCLIP(Objective):
+    view_policy = ViewPolicy("simclr", fixed_captions=True)  # utils/augment_image.py; src/data.py:56-57
+
     def __init__(
         self,
         rank: int = 0,

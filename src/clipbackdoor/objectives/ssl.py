@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from clipbackdoor.augment import ViewPolicy
 from clipbackdoor.objectives.distributed import gather_with_grad, local_targets
 from clipbackdoor.objectives.registry import Features, Objective, register
 
@@ -24,6 +25,8 @@ def in_modal_ce(
 
 @register("ssl")
 class SSL(Objective):
+    view_policy = ViewPolicy("autoaugment-imagenet", fixed_captions=False)  # CleanCLIP's AutoAugment and EDA
+
     def __init__(self, rank: int = 0, world_size: int = 1, image: float = 1.0, text: float = 1.0):
         super().__init__(rank, world_size)
         if image < 0 or text < 0 or image + text == 0:

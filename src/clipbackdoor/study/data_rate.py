@@ -35,8 +35,11 @@ class DataRate:
 
 def loader_kind(cost: ObjectiveCost) -> str:
     """The measured data path that does what this objective's loader does: ``mmcl`` decodes and resizes each
-    image; ``mmcl+ssl`` also makes an augmented image view and an EDA caption (whatever the loss then encodes)."""
-    return "mmcl+ssl" if cost.augmented else "mmcl"
+    image; ``mmcl+ssl`` also makes an AutoAugment view and an EDA caption; ``simclr`` SimCLR-style views and EDA
+    captions (whatever the loss then encodes)."""
+    if not cost.augmented:
+        return "mmcl"
+    return "simclr" if cost.image_policy == "simclr" else "mmcl+ssl"
 
 
 def find_data_rate(objective_kind: str, regime: str, decode: str, dirs: tuple[Path, ...]) -> DataRate | None:

@@ -20,12 +20,15 @@ from typing import Any
 
 import torch
 
+from clipbackdoor.augment import IMAGE_VIEWS, TEXT_VIEWS
 from clipbackdoor.data.transforms import Normalize
 from clipbackdoor.hooks import Hook
 from clipbackdoor.objectives import WeightedObjective
 
+IMAGE_KEYS = ("image", *IMAGE_VIEWS)
+TEXT_KEYS = ("text", *TEXT_VIEWS)
 # Feature entries that are per pair (concatenated over micro-batches); the rest (temperature, bias) are scalars.
-PAIR_FEATURES = ("image", "text", "image_aug", "text_aug", "index")
+PAIR_FEATURES = (*IMAGE_KEYS, *TEXT_KEYS, "index")
 
 
 def encode(
@@ -40,25 +43,21 @@ def encode(
     """Features of a batch and of its augmented views, in one forward pass of ``net``.
 
     Originals and views are concatenated along the batch, as CleanCLIP does (batch-norm statistics then
-    cover both), and split afterwards. Returns L2-normalised ``image``/``text`` (+ ``image_aug``/``text_aug``),
-    the temperature ``logit_scale`` = exp(learned value) and, if the model has one, ``logit_bias``. Without
-    ``originals`` (no loss term reads them: RoCLIP) only the two views are encoded.
+    cover both), and split afterwards. Returns L2-normalised ``image``/``text`` and each view in ``views``
+    (``image_aug``, ``image_aug2``, ``text_aug``, ``text_aug2``), the temperature ``logit_scale`` = exp(learned
+    value) and, if the model has one, ``logit_bias``. Without ``originals`` (no loss term reads them: RoCLIP,
+    SafeCLIP) only the views are encoded.
     """
-    if originals:
-        n = len(batch["image"])
-        images = torch.cat([batch["image"], batch["image_aug"]]) if "image_aug" in views else batch["image"]
-        texts = torch.cat([batch["text"], batch["text_aug"]]) if "text_aug" in views else batch["text"]
-    else:
-        n, images, texts = 0, batch["image_aug"], batch["text_aug"]
+    image_keys = [k for k in IMAGE_KEYS if k in views or (k == "image" and originals)]
+    text_keys = [k for k in TEXT_KEYS if k in views or (k == "text" and originals)]
+    n = len(batch[image_keys[0]])
+    images = torch.cat([batch[k] for k in image_keys]) if len(image_keys) > 1 else batch[image_keys[0]]
+    texts = torch.cat([batch[k] for k in text_keys]) if len(text_keys) > 1 else batch[text_keys[0]]
     pixels = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
     out = net(pixels, texts.to(device, non_blocking=True))
     features = {"logit_scale": out[2]}
-    if originals:
-        features.update(image=out[0][:n], text=out[1][:n])
-    if "image_aug" in views or not originals:
-        features["image_aug"] = out[0][n:]
-    if "text_aug" in views or not originals:
-        features["text_aug"] = out[1][n:]
+    features.update({k: out[0][i * n : (i + 1) * n] for i, k in enumerate(image_keys)})
+    features.update({k: out[1][i * n : (i + 1) * n] for i, k in enumerate(text_keys)})
     if len(out) > 3:
         features["logit_bias"] = out[3]
     if "index" in batch:  # which pairs these are (SafeCLIP's safe set is kept by dataset index)
