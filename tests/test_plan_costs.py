@@ -27,7 +27,7 @@ AA, SIMCLR = "autoaugment-imagenet", "simclr"
         ({"mmcl": 1.0}, ObjectiveCost(1, 1, frozenset()), "mmcl", "mmcl"),
         ({"mmcl": 1.0, "ssl": 1.0}, ObjectiveCost(2, 2, VIEWS, AA), "mmcl+ssl", "mmcl+ssl"),
         ({"roclip": 1.0}, ObjectiveCost(1, 1, VIEWS, SIMCLR), "mmcl", "simclr"),  # CLIP's compute on its views
-        ({"safeclip": 1.0}, ObjectiveCost(2, 2, VIEWS, SIMCLR), "mmcl+ssl", "simclr"),
+        ({"safeclip": 1.0}, ObjectiveCost(2, 2, VIEWS | {"image_aug2", "text_aug2"}, SIMCLR), "mmcl+ssl", "simclr"),
         ({"mmcl": 1.0, "ssl": {"weight": 1.0, "image": 1.0, "text": 0.0}},
          ObjectiveCost(2, 1, frozenset({"image_aug"}), AA), "mmcl+ssl", "mmcl+ssl"),
     ],

@@ -214,6 +214,8 @@ def _check_regime(objective: dict[str, Any], epochs: list[dict[str, Any]], run: 
         assert torch.allclose(pool["pool"][: pool["filled"]].norm(dim=1), torch.ones(pool["filled"]))
     if "safeclip" in objective:
         assert 0.0 < epochs[-1]["safeclip/safe_share"] <= 1.0 and "safeclip/safe_share" not in epochs[-2]
+        # the split's diagnostic (the manifest's poisons and clean pairs kept safe), and its two passes
+        assert {"safeclip/poison_safe_share", "safeclip/clean_safe_share", "pass/risky/steps"} <= set(epochs[-1])
 
 
 def _check_filtering(

@@ -1,5 +1,6 @@
 """End-to-end runs on the real Fashion-MNIST (minutes each): `make test-slow`, not CI."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,8 @@ def test_reduced_decoding_keeps_a_checkpoints_accuracy(tmp_path: Path) -> None:
 
 def test_the_small_study_recipe_in_miniature(tmp_path: Path) -> None:
     """configs/study-fmnist.yaml itself, shrunk only in sizes (600 pairs, 200 eval images, one grid point):
-    four pre-trainings (RoCLIP and SafeCLIP not cleaned), sweeps, the seeds axis, detect-filter-retrain, report."""
+    five pre-trainings (RoCLIP, its control and SafeCLIP not cleaned), sweeps, the seeds axis (every pre-training),
+    detect-filter-retrain, report."""
     sizes = ("{'poison.source': {source: fashion-mnist, split: train, max_samples: 600}, 'poison.num_poisons': 18, "
              "'poison.cleaning': {size: 128, poisons: 0}, 'train.epochs': 2, 'train.warmup_steps': 2, "
              "'train.batch_size': 64, "
@@ -72,8 +74,11 @@ def test_the_small_study_recipe_in_miniature(tmp_path: Path) -> None:
     for heading in ("## Pre-trained on the poisoned data", "## Detect, filter, pre-train again",
                     "## Spread over training seeds"):  # fmt: skip
         assert heading in report
+    tags = ("mmcl", "mmcl-ssl", "roclip", "roclip-control", "safeclip")
     assert {p.name for p in (root / "pretrain").iterdir() if p.is_dir()} == {
-        "mmcl", "mmcl-ssl", "roclip", "safeclip", "mmcl-seed1", "mmcl-seed2", "mmcl-ssl-seed1", "mmcl-ssl-seed2",
-        "mmcl-filtered", "mmcl-ssl-filtered",
+        *tags, *(f"{t}-seed{s}" for t in tags for s in (1, 2)), "mmcl-filtered", "mmcl-ssl-filtered",
     }  # fmt: skip
-    assert not any(p.name.startswith(("roclip--", "safeclip--")) for p in (root / "sweeps").iterdir())
+    assert not any(p.name.startswith(("roclip", "safeclip")) for p in (root / "sweeps").iterdir())
+    safeclip = [json.loads(x) for x in (root / "pretrain" / "safeclip" / "metrics.jsonl").read_text().splitlines()]
+    splits = [r for r in safeclip if "safeclip/poison_safe_share" in r]
+    assert [r["epoch"] for r in splits] == [3, 4, 5]  # the poisons' fate at every split

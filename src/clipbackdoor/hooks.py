@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from clipbackdoor.config import LabelledSource, ModelConfig
 from clipbackdoor.data.datasets import PairDataset, collate_skipping_bad
@@ -58,6 +58,7 @@ class LoopContext:
     seed: int
     batch_size: int
     eval_source: LabelledSource | None = None  # the zero-shot eval set; None: an eval without classes
+    attack: str | None = None  # the poison manifest (eval.attack), for hooks that report how poisons fared
     optimizer: torch.optim.Optimizer | None = None
 
 
@@ -91,15 +92,33 @@ class Hook:
         return {}
 
 
+class _AtEpoch(Dataset):
+    """A pair dataset's items with the views epoch ``epoch`` draws."""
+
+    def __init__(self, pairs: PairDataset, epoch: int):
+        self.pairs, self.epoch = pairs, epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.pairs[(self.epoch, index)]
+
+
 @torch.no_grad()
-def training_embeddings(ctx: LoopContext, captions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def training_embeddings(
+    ctx: LoopContext, captions: bool = False, views: tuple[str, str] | None = None, epoch: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The normalised image (and, with ``captions``, caption) embeddings of every training pair under the
-    current model, on ``ctx.device``, by dataset index; rows of unreadable images stay 0. For hooks that
+    current model in eval mode, on ``ctx.device``, by dataset index; rows of unreadable images stay 0. Of the
+    originals, or of the (image view, caption view) ``views`` as epoch ``epoch`` draws them. For hooks that
     look at the whole training set at an epoch's start (deep clustering's k-means, SafeCLIP's split)."""
     model, device = ctx.bundle.model, ctx.device
     was_training = model.training
     model.eval()
-    pairs = ctx.train_set.without_views()  # views would be computed and thrown away
+    image_key, text_key = views or ("image", "text")
+    # only what is encoded: other views would be computed and thrown away
+    pairs = _AtEpoch(ctx.train_set.with_views(frozenset(views)) if views else ctx.train_set.without_views(), epoch)
     loader = DataLoader(pairs, batch_size=max(256, ctx.batch_size), collate_fn=collate_skipping_bad)
     width = model.visual.output_dim
     images = torch.zeros(len(pairs), width, device=device)
@@ -107,8 +126,9 @@ def training_embeddings(ctx: LoopContext, captions: bool = False) -> tuple[torch
     for batch in loader:
         if "image" in batch:
             index = batch["index"].to(device)
-            images[index] = model.encode_image(ctx.bundle.normalize(batch["image"].to(device)), normalize=True).float()
+            pixels = ctx.bundle.normalize(batch[image_key].to(device))
+            images[index] = model.encode_image(pixels, normalize=True).float()
             if texts is not None:
-                texts[index] = model.encode_text(batch["text"].to(device), normalize=True).float()
+                texts[index] = model.encode_text(batch[text_key].to(device), normalize=True).float()
     model.train(was_training)
     return images, texts

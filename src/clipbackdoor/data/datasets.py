@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -59,6 +60,11 @@ class PairDataset(Dataset):
     def without_views(self) -> PairDataset:
         """The same pairs without augmented views (for passes that only need the originals)."""
         return PairDataset(self.rows, self.transform, self.tokenizer)
+
+    def with_views(self, views: frozenset[str]) -> PairDataset:
+        """The same pairs with only ``views`` of those this dataset makes (SafeCLIP scores view 1)."""
+        assert self.view_maker is not None and views <= self.view_maker.views, "views this dataset does not make"
+        return PairDataset(self.rows, self.transform, self.tokenizer, replace(self.view_maker, views=views))
 
     def __len__(self) -> int:
         return len(self.rows)

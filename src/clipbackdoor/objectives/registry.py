@@ -11,15 +11,51 @@ Configs name terms with a weight, or a mapping of the weight and the term's own 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from clipbackdoor.augment import IMAGE_VIEWS, TEXT_VIEWS, ViewPolicy
 from clipbackdoor.registry import Registry
 
 Features = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule of a pass's own, computed by the loop: a linear warm-up to ``base_lr`` over the
+    run's ``train.warmup_steps``, then cosine to ``train.min_lr`` at ``total_steps``; or ``constant`` (the rate
+    of every step). Its steps are counted from 0 under ``name``, across epochs, in the run's checkpoints."""
+
+    name: str
+    base_lr: float = 0.0
+    total_steps: int = 0
+    constant: float | None = None
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass over the training pairs within an epoch: all of them (``indices`` None) or a subset by dataset
+    index, under the run's schedule (``schedule`` None) or one of its own. ``mode`` tells the objective which of
+    its losses this pass trains (:meth:`Objective.begin_pass`)."""
+
+    name: str = "all"
+    indices: np.ndarray | None = None
+    schedule: Schedule | None = None
+    mode: str = ""
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What an objective needs of the run to declare its passes: its epochs and how many optimizer steps an
+    epoch over ``n`` pairs takes (whole global batches)."""
+
+    epochs: int
+    pairs: int
+    steps_for: Callable[[int], int]
 
 
 class Objective(torch.nn.Module):
@@ -55,6 +91,14 @@ class Objective(torch.nn.Module):
         """Loop hooks the term needs (``hooks.py``): work at an epoch's start that needs the model and
         the data, such as SafeCLIP's split of safe from risky pairs."""
         return []
+
+    def passes(self, epoch: int, shape: RunShape) -> list[Pass] | None:
+        """The passes of ``epoch`` (asked after the hooks' epoch start), or None: one pass over all pairs under
+        the run's schedule. SafeCLIP trains its risky and safe sets in two passes with schedules of their own."""
+        return None
+
+    def begin_pass(self, p: Pass) -> None:
+        """Called before each pass's first step: where a term picks the losses of ``p.mode``."""
 
     def forward(self, features: Features) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -149,6 +193,17 @@ class WeightedObjective(torch.nn.Module):
 
     def hooks(self) -> list[Any]:
         return [hook for term in self.terms.values() for hook in term.hooks()]
+
+    def passes(self, epoch: int, shape: RunShape) -> list[Pass]:
+        """The epoch's passes: one term's own, or one pass over all pairs under the run's schedule."""
+        declared = {name: p for name, term in self.terms.items() if (p := term.passes(epoch, shape)) is not None}
+        if len(declared) > 1:
+            raise ValueError(f"objective: {sorted(declared)} each declare passes of their own; combine at most one")
+        return next(iter(declared.values()), [Pass()])
+
+    def begin_pass(self, p: Pass) -> None:
+        for term in self.terms.values():
+            term.begin_pass(p)
 
     def forward(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = torch.zeros((), device=features["logit_scale"].device)

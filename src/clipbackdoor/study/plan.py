@@ -232,9 +232,10 @@ def find_throughput(
 ) -> tuple[float, str] | None:
     """Samples/s per device for (model, precision, objective) from a benchmark JSON, preferring GPU files: the
     model's rate on tensors already on the device (the loader's rate is the data-path line's)."""
-    files = sorted(
-        {f for d in dirs if d.is_dir() for f in d.glob("*.json")}, key=lambda f: not f.name.startswith("gpu")
-    )
+    # the first folder that has a measurement wins; within one, GPU files first
+    files = [
+        f for d in dirs if d.is_dir() for f in sorted(d.glob("*.json"), key=lambda f: not f.name.startswith("gpu"))
+    ]
     for path in files:
         try:
             data = json.loads(path.read_text())

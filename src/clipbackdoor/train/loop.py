@@ -46,7 +46,7 @@ from clipbackdoor.evaluation.build import Evaluator
 from clipbackdoor.hooks import Hook, LoopContext
 from clipbackdoor.metrics_log import MetricsLog
 from clipbackdoor.models import ClipBundle, create_model
-from clipbackdoor.objectives import WeightedObjective
+from clipbackdoor.objectives import Pass, RunShape, WeightedObjective
 from clipbackdoor.train.distributed import DistEnv, setup_distributed
 from clipbackdoor.train.loggers import build_loggers
 from clipbackdoor.train.optim import build_optimizer, lr_at, set_lr
@@ -102,6 +102,7 @@ class Run:
     metrics: MetricsLog
     ckpt_dir: Path
     step: int = 0
+    schedule_steps: dict[str, int] = field(default_factory=dict)  # steps taken under each pass's own schedule
 
     @property
     def model(self) -> torch.nn.Module:
@@ -119,6 +120,22 @@ class Run:
         """The learning rate of optimizer step ``step`` (0-based) of the run's schedule."""
         t = self.cfg.train
         return lr_at(step, t.lr, t.warmup_steps, self.data.steps * t.epochs, t.min_lr)
+
+    @property
+    def shape(self) -> RunShape:
+        pairs = self.ctx.train_set
+        return RunShape(self.cfg.train.epochs, len(pairs), self.layout.steps_per_epoch)
+
+    def next_lr(self, p: Pass) -> float:
+        """The rate of the next step of pass ``p``: the run's schedule, or the pass's own (whose count moves on)."""
+        if p.schedule is None:
+            return self.lr(self.step)
+        if p.schedule.constant is not None:
+            return p.schedule.constant
+        done = self.schedule_steps.get(p.schedule.name, 0)
+        self.schedule_steps[p.schedule.name] = done + 1
+        t = self.cfg.train
+        return lr_at(done, p.schedule.base_lr, t.warmup_steps, p.schedule.total_steps, t.min_lr)
 
 
 def build_run(cfg: ExperimentConfig, run_dir: Path) -> Run:
@@ -145,7 +162,9 @@ def build_run(cfg: ExperimentConfig, run_dir: Path) -> Run:
         cfg, bundle.image_size, bad_rows, bundle.tokenizer, rank=env.rank, world_size=env.world_size
     )
     data = _train_data(cfg, env, layout, pairs, prepare)
-    ctx = LoopContext(bundle, cfg.model, pairs, env.device, cfg.seed, layout.micro_batch, cfg.data.eval)
+    ctx = LoopContext(
+        bundle, cfg.model, pairs, env.device, cfg.seed, layout.micro_batch, cfg.data.eval, cfg.eval.attack
+    )
     extras, optimizer = _set_up_hooks_and_optimizer(cfg, env, ctx, hooks)
     if env.is_main:  # only now, when the run can start: a failed start leaves no config that locks the name
         save_config(cfg, run_dir / "config.yaml")
@@ -264,6 +283,7 @@ def resume(run: Run) -> int:
         run.objective.load_state_dict(state["objective"])
     ckpt.set_rng_state(state["rng"])
     run.step = state["step"]
+    run.schedule_steps = dict(state.get("schedule_steps", {}))
     return state["epoch"]
 
 
@@ -301,60 +321,80 @@ class EpochTraining:
     """An epoch's training, for its record."""
 
     losses: dict[str, float]  # the loss and its parts, means over the epoch's steps and the ranks
-    hook_logs: dict[str, float]  # what the hooks returned at the epoch's start
+    hook_logs: dict[str, float]  # what the hooks returned at the epoch's start, and each named pass's steps and rate
     seconds: float
     samples: int
+    last_lr: float  # the rate of the epoch's last step
 
 
 def train_epoch(run: Run, epoch: int) -> EpochTraining:
-    """The hooks' epoch start, then one pass over the training data."""
+    """The hooks' epoch start, then the objective's passes over the training data: one over all pairs unless
+    the objective declares its own (SafeCLIP's risky and safe sets, each under a schedule of its own)."""
     run.data.order.set_epoch(epoch)
     run.objective.set_epoch(epoch)
     hook_logs = {k: v for hook in run.hooks for k, v in hook.on_epoch_start(epoch, run.ctx).items()}
     run.model.train()
     started = time.perf_counter()
-    totals = train_pass(run, epoch)
+    totals = PassTotals(torch.zeros((), dtype=torch.bool, device=run.env.device))
+    steps, lr = 0, 0.0
+    for number, p in enumerate(run.objective.passes(epoch, run.shape)):
+        _read_pass(run.data, p, number)
+        run.objective.begin_pass(p)
+        taken, lr = train_pass(run, epoch, p, totals)
+        steps += taken
+        if p.name != Pass().name:
+            hook_logs.update({f"pass/{p.name}/steps": taken, f"pass/{p.name}/lr": lr})
+    _guard_finite(run, totals.nonfinite)
     for rows in run.env.all_gather(run.bad_rows.seen):  # each rank met its own bad samples: count them all
         run.bad_rows.add(rows)
     seconds = time.perf_counter() - started
-    losses = run.env.mean({k: v / max(1, run.data.steps) for k, v in totals.sums.items()})
-    return EpochTraining(losses, hook_logs, seconds, totals.samples)
+    losses = run.env.mean({k: v / max(1, steps) for k, v in totals.sums.items()})
+    return EpochTraining(losses, hook_logs, seconds, totals.samples, lr)
 
 
-def train_pass(run: Run, epoch: int) -> PassTotals:
-    """One pass over the training data: ``run.data.steps`` optimizer steps, a record every ``log_every``.
-    Raises :class:`TrainingError` when a loss was not finite."""
-    totals = PassTotals(torch.zeros((), dtype=torch.bool, device=run.env.device))
+def _read_pass(data: TrainData, p: Pass, number: int) -> None:
+    """Point the loader's sampler at the pass's pairs (all of them, or its subset)."""
+    if isinstance(data.order, GlobalBatchSampler):
+        data.order.set_subset(p.indices, number)
+    elif p.indices is not None:
+        raise ConfigError("a pass over a subset of the pairs needs indexed data (a CSV, or shards with access: index)")
+
+
+def train_pass(run: Run, epoch: int, p: Pass, totals: PassTotals) -> tuple[int, float]:
+    """One pass over the pass's pairs, adding to ``totals``: its optimizer steps, a record every ``log_every``.
+    Returns (steps, the last step's rate). Raises :class:`TrainingError` when a loss was not finite."""
+    steps = run.data.order.steps if isinstance(run.data.order, GlobalBatchSampler) else run.data.steps
+    lr = 0.0
     bar = tqdm(
-        total=run.data.steps,
-        desc=f"epoch {epoch}/{run.cfg.train.epochs}",
+        total=steps,
+        desc=f"epoch {epoch}/{run.cfg.train.epochs}" + ("" if p.name == Pass().name else f" ({p.name})"),
         disable=None if run.cfg.train.progress and run.env.is_main else True,  # None: only on a terminal
         leave=False,
         dynamic_ncols=True,
     )
-    for loaded in _grouped(run.data.loader, run.layout.accum_steps, run.data.steps):
+    for loaded in _grouped(run.data.loader, run.layout.accum_steps, steps):
         micro_batches = [run.data.prepare(batch, epoch) for batch in loaded]
         for batch in micro_batches:
             run.bad_rows.add(batch.pop("bad_rows"))
         loss, parts = forward_backward(run.step_settings, micro_batches)
         totals.add(loss, parts, run.layout.global_batch)
-        lr = optimizer_step(run)
+        lr = optimizer_step(run, p)
         bar.update(1)
         if run.step % run.cfg.train.log_every == 0:
             _guard_finite(run, totals.nonfinite)
             logged = run.env.mean({"loss": loss, **parts})
             if run.env.is_main:
-                run.metrics.append(_step_record(run, epoch, lr, logged))
+                record = _step_record(run, epoch, lr, logged)
+                run.metrics.append(record if p.name == Pass().name else {**record, "pass": p.name})
                 bar.set_postfix(loss=f"{logged['loss']:.3f}")
     bar.close()
-    _guard_finite(run, totals.nonfinite)
-    return totals
+    return steps, lr
 
 
-def optimizer_step(run: Run) -> float:
-    """Apply the gradients at the step's learning rate (clipped, if asked), then keep the temperature in
-    range. Returns the learning rate."""
-    lr = run.lr(run.step)
+def optimizer_step(run: Run, p: Pass) -> float:
+    """Apply the gradients at the step's learning rate (the pass's; clipped, if asked), then keep the
+    temperature in range. Returns the learning rate."""
+    lr = run.next_lr(p)
     set_lr(run.optimizer, lr)
     if run.cfg.train.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.max_grad_norm)
@@ -387,7 +427,7 @@ def finish_epoch(run: Run, epoch: int, trained: EpochTraining) -> list[dict[str,
             "kind": "epoch",
             "epoch": epoch,
             "step": run.step,
-            "lr": run.lr(run.step - 1),
+            "lr": trained.last_lr,
             **{f"train/{k}": v for k, v in trained.losses.items()},
             **trained.hook_logs,
             **evaluated,
@@ -416,6 +456,7 @@ def save_checkpoint(run: Run, epoch: int) -> None:
         "step": run.step,
         "extras": run.extras.state_dict(),
         "objective": run.objective.state_dict(),  # a term's own state (RoCLIP's caption pool)
+        "schedule_steps": run.schedule_steps,  # where each pass's own schedule is (SafeCLIP's)
     }
     meta = {"model_name": run.bundle.name, "image_size": str(run.bundle.image_size), "run": run.cfg.name,
             **{k: str(v) for k, v in run.layout.record().items()}}  # fmt: skip
