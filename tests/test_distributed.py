@@ -12,8 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipbackdoor.config import ModelConfig
 from clipbackdoor.models import create_model
-from clipbackdoor.objectives import WeightedObjective
-from clipbackdoor.objectives.safeclip import SafeCLIP
+from clipbackdoor.objectives import RunShape, WeightedObjective
 from clipbackdoor.train.distributed import setup_distributed
 from clipbackdoor.train.step import encode
 
@@ -23,19 +22,17 @@ TERMS = {
     "cyclip": {"mmcl": 1.0, "cyclip": 1.0},
     "siglip": {"siglip": 1.0},
     "roclip": {"roclip": {"weight": 1.0, "period": 1}},  # its pool starts empty: the CLIP loss on the views
-    "safeclip": {"safeclip": 1.0},  # epoch 1 is in-modal warm-up: the masked in-modal loss on every pair
-    # the split phase with pairs 0-3 safe: one rank (or micro-batch) all safe, the other all risky
-    "safeclip-split": {"safeclip": {"weight": 1.0, "inmodal_warmup": 0, "multimodal_warmup": 0}},
+    "safeclip": {"safeclip": 1.0},  # epoch 1 is its in-modal warm-up: view 2 against view 1's bank neighbours
+    "safeclip-no-bank": {"safeclip": {"weight": 1.0, "memory_bank_size": 0}},  # view 2 against view 1
+    "safeclip-clip": {"safeclip": {"weight": 1.0, "inmodal_warmup": 0}},  # epoch 1 its CLIP warm-up: across views
 }
-SAFE = torch.arange(1024) < 4
 
 
 def objective_for(terms: dict, rank: int, world: int) -> WeightedObjective:
-    """The objective of ``terms``, a SafeCLIP term in its split phase given the safe set ``SAFE``."""
+    """The objective of ``terms`` as epoch 1's (first) pass trains it."""
     objective = WeightedObjective(terms, rank, world)
-    for term in objective.terms.values():
-        if isinstance(term, SafeCLIP) and term.phase == "split":
-            term.safe = SAFE
+    objective.set_epoch(1)
+    objective.begin_pass(objective.passes(1, RunShape(epochs=1, pairs=8, steps_for=lambda n: n))[0])
     return objective
 
 
@@ -48,8 +45,10 @@ def _batch(n: int) -> dict[str, torch.Tensor]:
     return {
         "image": torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
         "image_aug": torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+        "image_aug2": torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
         "text": tokens(),
         "text_aug": tokens(),
+        "text_aug2": tokens(),
         "index": torch.arange(n),
     }
 
