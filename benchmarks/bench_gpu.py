@@ -1,11 +1,12 @@
-"""The study's pre-training step on one GPU: RN50 at 224 px, bf16 + channels_last, at the study's global batch
-(MMCL 2048, MMCL+SSL 1024) with exact gradient accumulation (clipbackdoor.train.step) over micro-batches of
-the study's per-GPU size (256 / 128), halved until one fits. Records peak memory, samples/s and the share of
+"""The recipes' pre-training step on one GPU: RN50 at 224 px, bf16 + channels_last, at each recipe's global batch
+(the study's MMCL 2048 and MMCL+SSL 1024; study-cc3m-extended's RoCLIP 512 and SafeCLIP 128) with exact gradient
+accumulation (clipbackdoor.train.step) over micro-batches of its per-GPU size on 8 GPUs (256 / 128 / 64 / 16),
+halved until one fits. Records peak memory, samples/s and the share of
 the GPU's bf16 matmul peak measured in the same run, in benchmarks/results/gpu_<model>_<precision>.json,
 which `clipbackdoor plan` reads for device-hours.
 
     python benchmarks/bench_gpu.py                                   # on the GPU machine (a few minutes)
-    python benchmarks/bench_gpu.py --model tiny-rn --scale 0.01 --out /tmp/bench   # a CPU smoke run
+    python benchmarks/bench_gpu.py --model tiny-rn --scale 0.05 --out /tmp/bench   # a CPU smoke run
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ from clipbackdoor.objectives import WeightedObjective
 from clipbackdoor.resolve import load_config
 from clipbackdoor.train.step import StepSettings, forward_backward
 
-# objective -> (config, the study's global batch, its per-GPU micro-batch)
-STUDY = {"mmcl": ("{mmcl: 1.0}", 2048, 256), "mmcl+ssl": ("{mmcl: 1.0, ssl: 1.0}", 1024, 128)}
+# objective -> (config, the recipe's global batch, its per-GPU micro-batch): the study's two, and the robust
+# pre-trainings of study-cc3m-extended (their codes' global batches, and per-GPU batches on 8 GPUs)
+STUDY = {
+    "mmcl": ("{mmcl: 1.0}", 2048, 256),
+    "mmcl+ssl": ("{mmcl: 1.0, ssl: 1.0}", 1024, 128),
+    "roclip": ("{roclip: 1.0}", 512, 64),
+    "safeclip": ("{safeclip: 1.0}", 128, 16),  # its in-modal pass: four views, bank neighbours
+}
 
 
 def measure(model_name: str, objective: str, global_batch: int, micro: int, steps: int, device: torch.device) -> dict:
@@ -43,9 +50,9 @@ def measure(model_name: str, objective: str, global_batch: int, micro: int, step
     size = bundle.image_size
     texts = bundle.tokenizer([f"a photo of item {i}." for i in range(micro)])
     images = torch.randint(0, 256, (micro, 3, size, size), dtype=torch.uint8)
-    batches = [{"image": images, "image_aug": images.flip(-1), "text": texts, "text_aug": texts.roll(1, 1)}] * (
-        global_batch // micro
-    )
+    views = {"image_aug": images.flip(-1), "image_aug2": images.flip(-2), "text_aug": texts.roll(1, 1),
+             "text_aug2": texts.roll(2, 1)}  # fmt: skip
+    batches = [{"image": images, "text": texts, **views}] * (global_batch // micro)
 
     settings = StepSettings(model, model, normalize, device, loss_fn, memory_format=fmt, bf16=cuda)
 
@@ -80,7 +87,8 @@ def flops_per_sample(model_name: str, batch: int, objective: str) -> float:
     loss_fn = WeightedObjective(load_config("demo", [f"objective={STUDY[objective][0]}"]).objective)
     texts = bundle.tokenizer(["a photo of a bag."] * batch)
     images = torch.randint(0, 256, (batch, 3, bundle.image_size, bundle.image_size), dtype=torch.uint8)
-    micro = [{"image": images, "image_aug": images.clone(), "text": texts, "text_aug": texts.clone()}]
+    micro = [{"image": images, "image_aug": images.clone(), "image_aug2": images.clone(), "text": texts,
+              "text_aug": texts.clone(), "text_aug2": texts.clone()}]  # fmt: skip
     settings = StepSettings(bundle.model, bundle.model, bundle.normalize, torch.device("cpu"), loss_fn)
     return count_flops(lambda: forward_backward(settings, micro)) / batch
 

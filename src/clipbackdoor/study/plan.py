@@ -228,14 +228,17 @@ def _model_facts(model_json: str) -> tuple[int, int]:
 
 
 def find_throughput(
-    model: str, precision: str, objective_kind: str, dirs: tuple[Path, ...]
+    model: str, precision: str, objective_kind: str | tuple[str | None, ...], dirs: tuple[Path, ...]
 ) -> tuple[float, str] | None:
     """Samples/s per device for (model, precision, objective) from a benchmark JSON, preferring GPU files: the
-    model's rate on tensors already on the device (the loader's rate is the data-path line's)."""
+    model's rate on tensors already on the device (the loader's rate is the data-path line's). Several kinds
+    are tried in order: the objective's own measurement (its recipe's batch), else one of as many passes."""
+    kinds = [k for k in ((objective_kind,) if isinstance(objective_kind, str) else objective_kind) if k]
     # the first folder that has a measurement wins; within one, GPU files first
     files = [
         f for d in dirs if d.is_dir() for f in sorted(d.glob("*.json"), key=lambda f: not f.name.startswith("gpu"))
     ]
+    measured = []
     for path in files:
         try:
             data = json.loads(path.read_text())
@@ -243,15 +246,26 @@ def find_throughput(
             continue
         if not isinstance(data, dict) or not isinstance(data.get("results", {}), dict):
             continue  # another benchmark's file (k-means, sweeps): no training throughput in it
-        setup, per_objective = data.get("setup", {}), data.get("results", {}).get("per_objective", {})
-        if setup.get("model") != model or setup.get("precision") != precision or objective_kind not in per_objective:
-            continue
-        rates = per_objective[objective_kind]
-        # the device's own rate: whether the loader keeps up is the data-path line's question (feed.py)
-        rate = rates.get("synthetic_samples_per_s") or rates.get("files_samples_per_s")
-        if rate:
-            return float(rate), f"{path} ({setup.get('device', '?')})"
+        setup = data.get("setup", {})
+        if setup.get("model") == model and setup.get("precision") == precision:
+            measured.append((path, setup, data.get("results", {}).get("per_objective", {})))
+    for kind in kinds:
+        for path, setup, per_objective in measured:
+            rates = per_objective.get(kind, {})
+            # the device's own rate: whether the loader keeps up is the data-path line's question (data_rate.py)
+            rate = rates.get("synthetic_samples_per_s") or rates.get("files_samples_per_s")
+            if rate:
+                return float(rate), f"{path} ({setup.get('device', '?')}, {kind})"
     return None
+
+
+def measured_key(terms: dict[str, Any]) -> str:
+    """How benchmarks name an objective's own measurement: its terms, joined (``mmcl+ssl``, ``roclip``)."""
+    return "+".join(sorted(name for name, spec in terms.items() if split_weight(spec) != 0))
+
+
+def split_weight(spec: Any) -> float:
+    return float(spec["weight"]) if isinstance(spec, dict) else float(spec)
 
 
 def device_kind(cost: ObjectiveCost) -> str | None:
@@ -300,7 +314,8 @@ def plan_stage(
     stage = Stage(
         name, processes, launcher, layout, pairs, cfg.train.epochs, cfg.train.warmup_steps, eval_images,
         evaluations, runs, at_once, kept * params * CHECKPOINT_BYTES_PER_PARAM * runs,
-        find_throughput(cfg.model.name, cfg.train.precision, device_kind(cost), bench_dirs),
+        find_throughput(cfg.model.name, cfg.train.precision, (measured_key(cfg.objective), device_kind(cost)),
+                        bench_dirs),
         [*(warnings or []), *checkpoint_warnings(cfg.model)], cost=cost,
     )  # fmt: skip
     device_rate = stage.throughput[0] if stage.throughput else None
