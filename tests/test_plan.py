@@ -135,7 +135,7 @@ def test_launcher_processes() -> None:
 
 
 def test_throughput_lookup_skips_other_benchmarks_files(tmp_path: Path) -> None:
-    from clipbackdoor.study.plan import find_throughput
+    from clipbackdoor.study.measurements import find_throughput
 
     (tmp_path / "kmeans.json").write_text(json.dumps([{"n": 5000, "seconds": 1.0}]))
     (tmp_path / "sweep.json").write_text(json.dumps({"results": [1, 2]}))

@@ -14,7 +14,8 @@ from clipbackdoor.cli import main
 from clipbackdoor.objectives import ObjectiveCost, WeightedObjective
 from clipbackdoor.resolve import load_config
 from clipbackdoor.study.config import load_study_config
-from clipbackdoor.study.plan import PACKAGED_MEASUREMENTS, device_kind, measurement_dirs, plan_experiment, plan_study
+from clipbackdoor.study.measurements import PACKAGED_MEASUREMENTS, device_kind, measurement_dirs
+from clipbackdoor.study.plan import plan_experiment, plan_study
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = frozenset({"image_aug", "text_aug"})

@@ -44,6 +44,6 @@ def test_the_wheel_plans_the_cc3m_study_with_its_shipped_measurements(tmp_path: 
     out = _run(venv / "bin" / "clipbackdoor", "plan", "study-cc3m", "--gpus", "8", cwd=work)
     measured = site / "clipbackdoor" / "measured"
     assert "per core (mmcl, raw JPEGs" in out and f"(from {measured / 'data.json'})" in out
-    assert f"training (from {measured / 'gpu_rn50_bf16.json'} (cuda))" in out
+    assert f"training (from {measured / 'gpu_rn50_bf16.json'} (cuda, mmcl))" in out
     assert "no data-path measurement" not in out and "no measurement for this model" not in out
     assert "usage: clipbackdoor demo" in _run(venv / "bin" / "clipbackdoor", "demo", "--help", cwd=work)

@@ -80,7 +80,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from clipbackdoor.study.config import load_study_config, read_study_tree
-    from clipbackdoor.study.plan import format_plan, is_study, measurement_dirs, plan_experiment, plan_study
+    from clipbackdoor.study.measurements import measurement_dirs
+    from clipbackdoor.study.plan import format_plan, is_study, plan_experiment, plan_study
 
     dirs = measurement_dirs(args.measured)
     if is_study(read_study_tree(args.config)):

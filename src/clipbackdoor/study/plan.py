@@ -9,7 +9,6 @@ would make the run another experiment than the one intended.
 
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from clipbackdoor.objectives import ObjectiveCost, WeightedObjective
 from clipbackdoor.resolve import load_config, validate_tree
 from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, sweep_configs, trial_workers
 from clipbackdoor.study.data_rate import feed_report
+from clipbackdoor.study.measurements import device_kind, find_throughput, measured_key, measurement_dirs
 from clipbackdoor.study.seed_axis import base_seed, other_seeds, seed_sweep_home
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.devices import resolve_devices
@@ -44,23 +44,10 @@ from clipbackdoor.sweep.space import as_overrides
 from clipbackdoor.sweep.trials import budget
 
 WARMUP_WARN_SHARE = 0.25
-MEASURED_PASSES = {1: "mmcl", 2: "mmcl+ssl"}  # encoder passes per pair -> the benchmarks' objective key
 IMAGENET_VAL = 50_000
 FASHION_MNIST = {"train": 60_000, "test": 10_000}
 # weights (fp32) + AdamW's two moments (fp32) per parameter, as a checkpoint stores them
 CHECKPOINT_BYTES_PER_PARAM = 12
-# The measured rates shipped with the package (copies of benchmarks/results' files that plan reads; a test keeps
-# them equal), so that an installed wheel plans with them too.
-PACKAGED_MEASUREMENTS = Path(__file__).resolve().parents[1] / "measured"
-MEASURED_ENV = "CLIPBACKDOOR_MEASURED"
-
-
-def measurement_dirs(given: Path | None = None) -> tuple[Path, ...]:
-    """Where measured rates are looked up, the first that has one winning: a folder the user names
-    (``plan --measured DIR`` or ``$CLIPBACKDOOR_MEASURED``: their own GPU's benchmark), ``benchmarks/results``
-    under the working directory (a fresh run of this repo's benchmarks), then the rates shipped with the package."""
-    named = given or (Path(os.environ[MEASURED_ENV]) if os.environ.get(MEASURED_ENV) else None)
-    return (*((named,) if named else ()), Path("benchmarks/results"), PACKAGED_MEASUREMENTS)
 
 
 @dataclass
@@ -225,53 +212,6 @@ def _model_facts(model_json: str) -> tuple[int, int]:
 
     bundle = create_model(ModelConfig.model_validate_json(model_json))
     return sum(p.numel() for p in bundle.model.parameters()), bundle.image_size
-
-
-def find_throughput(
-    model: str, precision: str, objective_kind: str | tuple[str | None, ...], dirs: tuple[Path, ...]
-) -> tuple[float, str] | None:
-    """Samples/s per device for (model, precision, objective) from a benchmark JSON, preferring GPU files: the
-    model's rate on tensors already on the device (the loader's rate is the data-path line's). Several kinds
-    are tried in order: the objective's own measurement (its recipe's batch), else one of as many passes."""
-    kinds = [k for k in ((objective_kind,) if isinstance(objective_kind, str) else objective_kind) if k]
-    # the first folder that has a measurement wins; within one, GPU files first
-    files = [
-        f for d in dirs if d.is_dir() for f in sorted(d.glob("*.json"), key=lambda f: not f.name.startswith("gpu"))
-    ]
-    measured = []
-    for path in files:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(data, dict) or not isinstance(data.get("results", {}), dict):
-            continue  # another benchmark's file (k-means, sweeps): no training throughput in it
-        setup = data.get("setup", {})
-        if setup.get("model") == model and setup.get("precision") == precision:
-            measured.append((path, setup, data.get("results", {}).get("per_objective", {})))
-    for kind in kinds:
-        for path, setup, per_objective in measured:
-            rates = per_objective.get(kind, {})
-            # the device's own rate: whether the loader keeps up is the data-path line's question (data_rate.py)
-            rate = rates.get("synthetic_samples_per_s") or rates.get("files_samples_per_s")
-            if rate:
-                return float(rate), f"{path} ({setup.get('device', '?')}, {kind})"
-    return None
-
-
-def measured_key(terms: dict[str, Any]) -> str:
-    """How benchmarks name an objective's own measurement: its terms, joined (``mmcl+ssl``, ``roclip``)."""
-    return "+".join(sorted(name for name, spec in terms.items() if split_weight(spec) != 0))
-
-
-def split_weight(spec: Any) -> float:
-    return float(spec["weight"]) if isinstance(spec, dict) else float(spec)
-
-
-def device_kind(cost: ObjectiveCost) -> str | None:
-    """The measured training step with as many encoder passes per pair: ``mmcl`` one, ``mmcl+ssl`` two
-    (originals and views); None for another count (nothing measured)."""
-    return MEASURED_PASSES.get(max(cost.image_passes, cost.text_passes))
 
 
 def launcher_processes(launcher: list[str]) -> int:

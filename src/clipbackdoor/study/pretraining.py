@@ -14,7 +14,8 @@ from clipbackdoor.resolve import load_config
 from clipbackdoor.study.config import StudyConfig, pretrain_command, pretrain_overrides
 from clipbackdoor.sweep.devices import slot_env
 from clipbackdoor.sweep.launch import run_teed
-from clipbackdoor.train.loop import TrainingError, check_same_config
+from clipbackdoor.train.loop import TrainingError
+from clipbackdoor.train.run_directory import check_same_config
 
 
 def pretrain_finished(run: ExperimentConfig) -> bool:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from clipbackdoor import checkpoints as ckpt
 from clipbackdoor.augment import ViewMaker
-from clipbackdoor.config import ConfigError, ExperimentConfig, TrainConfig, read_yaml, save_config
+from clipbackdoor.config import ConfigError, ExperimentConfig, TrainConfig, save_config
 from clipbackdoor.data import BadRowLog, GlobalBatchSampler, PairDataset, build_pair_dataset, collate_skipping_bad
 from clipbackdoor.data.batching import BatchLayout, batch_layout
 from clipbackdoor.data.device_decode import DeviceDecode
@@ -50,6 +50,7 @@ from clipbackdoor.objectives import Pass, RunShape, WeightedObjective
 from clipbackdoor.train.distributed import DistEnv, setup_distributed
 from clipbackdoor.train.loggers import build_loggers
 from clipbackdoor.train.optim import build_optimizer, lr_at, set_lr
+from clipbackdoor.train.run_directory import check_same_config
 from clipbackdoor.train.step import StepSettings, forward_backward
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -469,26 +470,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def check_same_config(cfg: ExperimentConfig, path: Path) -> None:
-    """A run directory belongs to one config: resuming with another one would mix two experiments."""
-    if not path.is_file():
-        return
-    old = ExperimentConfig.model_validate(read_yaml(path)).model_dump(mode="json")
-    new = cfg.model_dump(mode="json")
-    for tree in (old, new):
-        tree["train"].pop("progress")  # cosmetic; may differ between the two invocations
-    if old != new:
-        diff = sorted(_diff_keys(old, new))
-        raise ConfigError(f"{path} holds a different config (keys {diff}); use another name or output_dir")
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = set(a) | set(b)
-        return [d for k in keys for d in _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _grouped(loader: DataLoader, k: int, steps: int) -> Iterator[list[dict[str, Any]]]:
