@@ -84,13 +84,37 @@ def test_the_losses_on_a_hand_case() -> None:
     assert torch.equal(banked.banks["image"].rows, before)
 
 
-def test_the_passes_and_the_learning_rate_of_every_step(fmnist_root: Path, tmp_path: Path) -> None:
+def test_every_split_reports_the_poisons_it_kept_safe(fmnist_root: Path, tmp_path: Path) -> None:
+    term = "{safeclip: {weight: 1.0, inmodal_warmup: 1, multimodal_warmup: 1}}"
+    run = poisoned_run(fmnist_root, tmp_path, **{"objective": term, "train.epochs": 3, "train.batch_size": 64})
+    epochs = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["kind"] == "epoch"]
+    split = epochs[-1]
+    assert 0.0 <= split["safeclip/poison_safe_share"] <= 1.0 and 0.0 <= split["safeclip/clean_safe_share"] <= 1.0
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    n, poisons = manifest["num_rows"], len(manifest["poison_rows"])  # 48 of 256: the shares weigh to the whole
+    whole = (poisons * split["safeclip/poison_safe_share"] + (n - poisons) * split["safeclip/clean_safe_share"]) / n
+    assert whole == pytest.approx(split["safeclip/safe_share"])
+    assert "safeclip/poison_safe_share" not in epochs[-2]  # no split during the warm-ups
+
+
+def test_the_split_schedules_are_sized_by_the_first_split() -> None:
+    term = SafeCLIP(inmodal_warmup=1, multimodal_warmup=1, grow=0.1, cap=0.5)
+    term.first_share = 0.3
+    shape = RunShape(epochs=6, pairs=100, steps_for=lambda n: n // 10)
+    # split epochs 3..6 keep 30, 40, 50, 50 pairs safe
+    assert term.split_steps(shape) == (7 + 6 + 5 + 5, 3 + 4 + 5 + 5)
+
+
+def test_the_passes_and_the_learning_rate_of_every_step_and_a_resume_that_keeps_them(
+    fmnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """1 in-modal warm-up epoch, 1 CLIP warm-up epoch at filter_lr, 2 split epochs of a risky and a safe pass;
-    64 pairs in global batches of 16: 4 steps per full epoch."""
+    64 pairs in global batches of 16: 4 steps per full epoch. A crash after the first split epoch: the banks, the
+    split and every pass schedule's count survive it."""
     term = ("{safeclip: {weight: 1.0, inmodal_warmup: 1, multimodal_warmup: 1, grow: 0.25, cap: 0.75, in_lr: 0.01, "
-            "cross_lr: 0.02, filter_lr: 0.0003, memory_bank_size: 8}}")  # fmt: skip
+            "cross_lr: 0.02, filter_lr: 0.0003, memory_bank_size: 24}}")  # fmt: skip
     extra = {"train.epochs": 4, "objective": term, "train.log_every": 1, "train.warmup_steps": 2, "train.lr": 9.0}
-    cfg = load_config("demo", tiny_overrides(fmnist_root, tmp_path, **extra))
+    cfg = load_config("demo", tiny_overrides(fmnist_root, tmp_path / "a", **extra))
     fit(cfg)
     records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
@@ -111,44 +135,11 @@ def test_the_passes_and_the_learning_rate_of_every_step(fmnist_root: Path, tmp_p
     assert 9.0 not in by_pass["inmodal-warmup"]  # train.lr is not SafeCLIP's
     assert "train/safeclip/inmodal" in epochs[1] and "train/safeclip/clip" in epochs[2]
 
-
-def test_every_split_reports_the_poisons_it_kept_safe(fmnist_root: Path, tmp_path: Path) -> None:
-    term = "{safeclip: {weight: 1.0, inmodal_warmup: 1, multimodal_warmup: 1}}"
-    run = poisoned_run(fmnist_root, tmp_path, **{"objective": term, "train.epochs": 3})
-    epochs = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["kind"] == "epoch"]
-    split = epochs[-1]
-    assert 0.0 <= split["safeclip/poison_safe_share"] <= 1.0 and 0.0 <= split["safeclip/clean_safe_share"] <= 1.0
-    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
-    n, poisons = manifest["num_rows"], len(manifest["poison_rows"])  # 48 of 256: the shares weigh to the whole
-    whole = (poisons * split["safeclip/poison_safe_share"] + (n - poisons) * split["safeclip/clean_safe_share"]) / n
-    assert whole == pytest.approx(split["safeclip/safe_share"])
-    assert "safeclip/poison_safe_share" not in epochs[-2]  # no split during the warm-ups
-
-
-def test_the_split_schedules_are_sized_by_the_first_split() -> None:
-    term = SafeCLIP(inmodal_warmup=1, multimodal_warmup=1, grow=0.1, cap=0.5)
-    term.first_share = 0.3
-    shape = RunShape(epochs=6, pairs=100, steps_for=lambda n: n // 10)
-    # split epochs 3..6 keep 30, 40, 50, 50 pairs safe
-    assert term.split_steps(shape) == (7 + 6 + 5 + 5, 3 + 4 + 5 + 5)
-
-
-def test_a_resumed_safeclip_run_equals_an_uninterrupted_one(
-    fmnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The banks, the split, and every pass schedule's count survive a crash after the first split epoch."""
-    terms = "{safeclip: {weight: 1.0, inmodal_warmup: 1, multimodal_warmup: 1, grow: 0.1, memory_bank_size: 24}}"
-    extra = {"train.epochs": 4, "objective": terms}
-    whole = load_config("demo", tiny_overrides(fmnist_root, tmp_path / "a", **extra))
-    fit(whole)
     resumed = load_config("demo", tiny_overrides(fmnist_root, tmp_path / "b", **extra))
     fit_killed_after_epoch(resumed, 3, monkeypatch)
     fit(resumed)
-
-    def epochs(run: Path) -> list[dict]:
-        return [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["kind"] == "epoch" and r["epoch"]]
-
-    keys = ("train/loss", "lr", "safeclip/safe_share", "pass/risky/lr", "pass/safe/lr")
-    a, b = epochs(whole.run_dir), epochs(resumed.run_dir)
-    assert [[r.get(k) for k in keys] for r in a] == [[r.get(k) for k in keys] for r in b]
-    assert "pass/risky/steps" in a[-1] and "pass/risky/steps" not in a[0]
+    again = [json.loads(x) for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    timing = ("time/epoch_s", "time/samples_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in again] == [
+        {k: v for k, v in r.items() if k not in timing} for r in records
+    ]
