@@ -34,6 +34,9 @@ def test_images_are_matched_with_their_nearest_pooled_caption() -> None:
     targets = torch.arange(2)
     expected = 0.5 * (F.cross_entropy(s * image @ nn.T, targets) + F.cross_entropy(s * nn @ image.T, targets))
     assert out["loss"] == pytest.approx(expected.item()) and out["pooled"] == 1
+    own = text.clone().requires_grad_()  # the captions' features stay in the graph, with a zero gradient (DDP)
+    term({"image_aug": image, "text_aug": own, "logit_scale": s})["loss"].backward()
+    assert own.grad is not None and torch.equal(own.grad, torch.zeros_like(own))
     term.set_epoch(3)  # other epochs: the CLIP loss on the augmented pair
     plain = 0.5 * (F.cross_entropy(s * image @ text.T, targets) + F.cross_entropy(s * text @ image.T, targets))
     assert term({"image_aug": image, "text_aug": text, "logit_scale": s})["loss"] == pytest.approx(plain.item())

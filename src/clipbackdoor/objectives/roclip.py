@@ -7,9 +7,10 @@ Every ``period``-th epoch, each image is matched not with its own caption but wi
 (cosine) in a pool of captions from earlier steps; the pool is a first-in-first-out memory bank of caption
 embeddings, filled during those epochs. A poisoned image rarely finds its poisoned caption there, so the
 trigger is not tied to the target. The loss there is CLIP's between each image and its matched caption (the
-pool's entries carry no gradient: the text encoder learns nothing in those epochs, as in the reference, whose
-own-caption term has weight 0). The other epochs use the CLIP loss. With the README's ``--cross_aug`` the
-loss sees only augmented inputs: a SimCLR-style image view redrawn every load and one EDA caption drawn once
+pool's entries carry no gradient: the text encoder gets a zero gradient in those epochs, as in the reference,
+whose own-caption term has weight 0 and keeps it in the graph for DDP; AdamW's moments and weight decay still
+move it). The other epochs use the CLIP loss. With the README's ``--cross_aug`` the loss sees only augmented
+inputs: a SimCLR-style image view redrawn every load and one EDA caption drawn once
 (the objective's view policy; the originals are not encoded at all).
 
 Defaults are the reference code's: ``--memory_bank_size 21845``, ``--break_epoch 2`` (epochs numbered from 1,
@@ -98,7 +99,9 @@ class RoCLIP(Objective):
         per_image = s * image @ gather_detached(nn_text, self.world_size).T
         per_text = s * nn_text @ gather_with_grad(image, self.world_size).T
         loss = 0.5 * (F.cross_entropy(per_image, targets) + F.cross_entropy(per_text, targets))
-        return {"loss": loss, "pooled": image.new_ones(())}
+        # the reference's `+ 0 * criterion(own captions)`: the text encoder stays in the graph with a zero gradient,
+        # which DDP needs (a parameter left out of a step's graph stops the next step)
+        return {"loss": loss + 0.0 * text.sum(), "pooled": image.new_ones(())}
 
     def after_step(self, features: Features) -> None:
         """In a matching epoch, the step's captions (all ranks') go into the pool, oldest out first."""
