@@ -106,3 +106,16 @@ def test_every_shipped_config_validates() -> None:
             load_config(study.base)
         else:
             load_config(name)
+
+
+def test_numbers_without_a_dot_are_numbers_in_files_and_overrides(tmp_path) -> None:
+    """YAML 1.1 reads 5e-6 as a string; a learning rate typed that way, or serialised so by a study, must not be."""
+    from clipbackdoor.sweep.space import as_overrides
+
+    cfg = load_config("demo", ["objective={safeclip: {weight: 1, filter_lr: 5e-6, in_lr: 1e-3}}", "train.lr=2e-4"])
+    assert cfg.objective["safeclip"]["filter_lr"] == 5e-6 and cfg.objective["safeclip"]["in_lr"] == 1e-3
+    again = load_config("demo", as_overrides({"objective": {"safeclip": {"weight": 1.0, "filter_lr": 5e-06}}}))
+    assert isinstance(again.objective["safeclip"]["filter_lr"], float)
+    (tmp_path / "run.yaml").write_text("objective: {roclip: {weight: 1, pool_size: 1e3}}\nname: v1e3\n")
+    from_file = load_config(tmp_path / "run.yaml")
+    assert from_file.objective["roclip"]["pool_size"] == 1000 and from_file.name == "v1e3"

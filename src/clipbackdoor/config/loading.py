@@ -20,6 +20,23 @@ from clipbackdoor.config.experiment import Resolver
 M = TypeVar("M", bound=BaseModel)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1's safe loader, but reading ``5e-6`` and ``1e3`` as numbers, as YAML 1.2 and JSON do: YAML 1.1 wants
+    a dot and a signed exponent (``5.0e-6``), so a learning rate typed or serialised the short way would arrive as
+    a string where no schema coerces it (an objective's parameters)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader subclass: no Python objects
+
+
 # -------------------------------------------------------------------------------------------- loading
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """``a.b.c`` sets tree[a][b][c]; ``\\.`` is a literal dot (``space.train\\.lr.grid``: a sweep parameter)."""
@@ -45,7 +62,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' is not of the form key.path=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
+            value = load_yaml(raw) if raw.strip() else raw
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{item}': value is not valid YAML ({err})") from err
         _set_dotted(tree, key.strip(), value)
@@ -77,7 +94,7 @@ def builtin_config_path(name: str) -> Path | None:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(tree, dict):
