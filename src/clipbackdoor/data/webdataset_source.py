@@ -174,6 +174,7 @@ class ShardRows:
         self.source = str(cfg.urls)
         self.bad: list[BadRow] = []
         self.entries: list[tuple[str, int, int, str, str]] = []  # (shard, image offset, size, extension, caption)
+        self.keys: list[str] = []  # each entry's sample key (a poisoned set's keys are its train.csv row numbers)
         for url in shard_urls(cfg.urls):
             try:
                 self._index(url, cfg)
@@ -205,12 +206,18 @@ class ShardRows:
                     continue
                 ext = image.name.partition(".")[2]
                 self.entries.append((url, image.offset_data, image.size, ext, caption))
+                self.keys.append(key)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def row_id(self, index: int) -> int:
         return index
+
+    @property
+    def ordinals(self) -> list[int] | None:
+        """The rows of train.csv the samples are, when their keys are row numbers (shards ``poison`` wrote)."""
+        return [int(k) for k in self.keys] if all(k.isdigit() for k in self.keys) else None
 
     def caption(self, index: int) -> str:
         return self.entries[index][4]

@@ -281,12 +281,16 @@ class SafeSplitHook(Hook):
 
 def poisoned_pairs(ctx: LoopContext) -> np.ndarray | None:
     """Which training pairs (by dataset index) the manifest of ``eval.attack`` lists as poisoned, when the
-    training CSV is the one it describes; else None (nothing to report)."""
+    training data is the set it describes (its train.csv, or the shards ``poison`` wrote, whose keys are the
+    CSV's row numbers); else None (nothing to report)."""
     rows = getattr(ctx.train_set, "rows", None)
-    if ctx.attack is None or not hasattr(rows, "ordinals") or not hasattr(rows, "path"):
+    ordinals = getattr(rows, "ordinals", None)
+    if ctx.attack is None or ordinals is None:
         return None
     manifest, _ = load_manifest(ctx.attack)
     folder = Path(ctx.attack) if Path(ctx.attack).is_dir() else Path(ctx.attack).parent
-    if Path(rows.path).resolve() != (folder / manifest.files.get("train", "train.csv")).resolve():
+    described = {str((folder / name).resolve()) for k, name in manifest.files.items() if k in ("train", "shards")}
+    described.add(str((folder / "train.csv").resolve()))
+    if str(Path(rows.source).resolve()) not in described:
         return None
-    return np.isin(np.asarray(rows.ordinals), np.asarray(manifest.poison_rows, dtype=np.int64))
+    return np.isin(np.asarray(ordinals), np.asarray(manifest.poison_rows, dtype=np.int64))
