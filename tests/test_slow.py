@@ -40,7 +40,6 @@ def test_one_epoch_on_poisoned_fashion_mnist_implants_the_backdoor(tmp_path: Pat
 def test_reduced_decoding_keeps_a_checkpoints_accuracy(tmp_path: Path) -> None:
     """The data-path tolerance on a measured number: a 1-epoch MMCL model scores the same CA (±0.5 points)
     on 10x-upscaled Fashion-MNIST JPEGs decoded in full and through the loader (reduced scale, box resize)."""
-    import json
     import subprocess
     import sys
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clipbackdoor.objectives import ObjectiveCost
+from clipbackdoor.objectives import ObjectiveCost, split_term
 
 MEASURED_PASSES = {1: "mmcl", 2: "mmcl+ssl"}  # encoder passes per pair -> the benchmarks' objective key
 # The measured rates shipped with the package (copies of benchmarks/results' files that plan reads; a test keeps
@@ -63,11 +63,7 @@ def find_throughput(
 
 def measured_key(terms: dict[str, Any]) -> str:
     """How benchmarks name an objective's own measurement: its terms, joined (``mmcl+ssl``, ``roclip``)."""
-    return "+".join(sorted(name for name, spec in terms.items() if split_weight(spec) != 0))
-
-
-def split_weight(spec: Any) -> float:
-    return float(spec["weight"]) if isinstance(spec, dict) else float(spec)
+    return "+".join(sorted(name for name, spec in terms.items() if split_term(name, spec)[0] != 0))
 
 
 def device_kind(cost: ObjectiveCost) -> str | None:
