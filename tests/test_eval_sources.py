@@ -46,6 +46,19 @@ def test_imagenet_folder_with_a_labels_file_or_cleanclip_csv(tmp_path: Path) -> 
         ImageNetLabelled(labels="x", classes=["bananas"])
 
 
+def test_imagenet_labels_file_rows_that_leave_the_folder_are_bad_rows_never_opened(tmp_path: Path) -> None:
+    _images(tmp_path / "val", ["a.JPEG"])
+    _images(tmp_path / "elsewhere", ["secret.JPEG"])
+    (tmp_path / "val" / "out.JPEG").symlink_to(tmp_path / "elsewhere" / "secret.JPEG")
+    (tmp_path / "val" / "in.JPEG").symlink_to(tmp_path / "val" / "a.JPEG")  # a link that stays inside: kept
+    lines = ["a.JPEG 1", "../elsewhere/secret.JPEG 2", f"{tmp_path / 'elsewhere' / 'secret.JPEG'} 3", "out.JPEG 4",
+             "in.JPEG 5"]  # fmt: skip
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    ds = build_labelled_dataset(ImageNetLabelled(labels=str(tmp_path / "val.txt"), folder=str(tmp_path / "val")), 32)
+    assert [ds[i]["label"] for i in range(len(ds))] == [1, 5]
+    assert [(b.index, "leaves the image folder" in b.reason) for b in ds.rows.bad] == [(2, True), (3, True), (4, True)]
+
+
 def test_torchvision_dataset_on_disk_and_a_clear_error_when_absent(fmnist_root: Path, tmp_path: Path) -> None:
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)

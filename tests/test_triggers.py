@@ -10,6 +10,7 @@ from clipbackdoor.attacks import TRIGGERS, TriggerError, build_trigger, to_uint8
 SPECS = [
     {"name": "badnet", "pattern": "noise", "size": 16},
     {"name": "badnet", "pattern": "noise", "size": 16, "fresh_noise": True},
+    {"name": "badnet", "pattern": "noise", "size": 16, "fresh_noise": True, "overflow": "wrap"},
     {"name": "badnet", "pattern": "solid", "size": 8, "location": "four-corners"},
     {"name": "badnet", "pattern": "checkerboard", "size": 4, "reference_size": 32, "location": "bottom-right"},
     {"name": "blended", "alpha": 0.2},
@@ -43,6 +44,28 @@ def test_patch_bounds_scaling_and_clipping() -> None:
     fixed = build_trigger({"name": "badnet", "size": 64, "pattern": "fixed-mean-noise"}).artifact("patch", 224)
     assert float(fixed.min()) == 0.0 and float(fixed.max()) == 1.0, "noise is clipped into [0, 1], not wrapped"
     assert 0.3 < float((fixed == 1.0).float().mean()) < 0.4  # 0.5 + N(0, 1) > 1: P(N(0,1) > 0.5) ≈ 0.31
+
+
+def test_overflow_wrap_is_the_studys_uint8_cast_and_clip_clips() -> None:
+    """``wrap``: truncate toward zero, then modulo 256 (ToPILImage's ``mul(255).byte()``); ``clip``: [0, 1]."""
+    from clipbackdoor.attacks.badnet import wrap_to_uint8
+
+    values = torch.tensor([-0.5, 1.2, 0.999, -0.001, 1.0, 2.5, -1.7, 0.5])
+    assert wrap_to_uint8(values).tolist() == [129, 50, 254, 0, 255, 125, 79, 127]
+    image = torch.full((1, 3, 32, 32), 0.3)
+    spec = {"name": "badnet", "size": 8, "reference_size": 32, "location": "top-left"}
+    wrapped, clipped = (build_trigger({**spec, "overflow": o}) for o in ("wrap", "clip"))
+    noise = wrapped.artifact("noise", 32)
+    raw = image[0].mean(dim=(1, 2)).view(3, 1, 1) + noise  # the image's own mean (0.3)
+    y = wrapped.apply(image, torch.tensor([0]))[0, :, :8, :8]
+    levels = torch.remainder(torch.trunc(raw * 255), 256)  # the formula, in floats: exact at these magnitudes
+    assert torch.equal(y.mul(255).round(), levels)
+    out_of_range = (raw < 0) | (raw > 1)
+    assert 0.5 < float(out_of_range.float().mean()) < 0.8  # most of the patch wraps: 0.3 + N(0, 1)
+    assert torch.equal(clipped.apply(image, torch.tensor([0]))[0, :, :8, :8], raw.clamp(0, 1))
+    pil = wrapped.apply_pil(Image.fromarray(np.full((32, 32, 3), 77, np.uint8)), 0)  # 77/255 ≈ 0.302
+    patch = torch.from_numpy(np.asarray(pil)[:8, :8]).permute(2, 0, 1).double()
+    assert torch.equal(patch, torch.remainder(torch.trunc((77 / 255 + noise.double()) * 255), 256))
 
 
 @pytest.mark.parametrize("fresh", [False, True])

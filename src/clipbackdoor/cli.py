@@ -68,12 +68,15 @@ def _print_best_table(report: Path) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from clipbackdoor.study.config import load_study_config
+    from clipbackdoor.study.config import load_study_config, only_pretrainings
     from clipbackdoor.study.run import run_study
 
     cfg = load_study_config(args.config, args.overrides)
+    if args.only:
+        cfg = only_pretrainings(cfg, args.only.split(","))
     report = run_study(cfg, command=_command_line(args))
-    _print_best_table(report)
+    if cfg.defenses:
+        _print_best_table(report)
     print(f"report: {report} and {report.with_suffix('.html')}")
     return 0
 
@@ -390,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="poison -> pre-train -> sweep every defense -> report, resumably")
     p.add_argument("config", help="study YAML (e.g. configs/study-fmnist.yaml) or a built-in name")
     p.add_argument("overrides", **overrides)
+    p.add_argument(
+        "--only", metavar="TAG,TAG", help="run only these pre-trainings (and their seeds), e.g. roclip,safeclip"
+    )
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("status", help="a study's progress (stage, steps and runs done, elapsed, ETA), from any shell")

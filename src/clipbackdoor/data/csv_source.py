@@ -88,7 +88,7 @@ def _allowed_roots(csv_path: Path, boundary: Path, seen: frozenset[str] = frozen
     return roots
 
 
-class _Resolver:
+class PathResolver:
     """Resolves paths as ``os.path.realpath`` does (every link followed), resolving each folder only once.
 
     A full resolve checks every component of the path; rows share few folders, so caching them keeps the
@@ -136,7 +136,7 @@ class CsvRows:
         self.values: list[str] = []
         boundary = Path(root) if root is not None else self.root
         inside = tuple(os.path.join(r, "") for r in _allowed_roots(self.path, boundary))
-        resolve = _Resolver()
+        resolve = PathResolver()
         first_seen: dict[tuple[str, str], int] = {}
         for ordinal, (line, (image, value)) in enumerate(
             _read_rows(self.path, [image_column, value_column], delimiter)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PIL import Image
 
 from clipbackdoor.data.bad_rows import BadRow, DataError
-from clipbackdoor.data.csv_source import CsvLabelRows
+from clipbackdoor.data.csv_source import CsvLabelRows, PathResolver
 from clipbackdoor.data.transforms import open_image
 
 
 class ImageNetRows:
-    """Images under ``folder`` named by a labels file of ``<image> <class index>`` lines (the common val.txt)."""
+    """Images under ``folder`` named by a labels file of ``<image> <class index>`` lines (the common val.txt).
+
+    As in a CSV source, an image path must resolve (links followed) inside ``folder``: a ``../`` row, an
+    absolute path elsewhere or a link pointing out is skipped and counted as a bad row, never opened.
+    """
 
     def __init__(self, labels: str | Path, folder: str | Path | None, num_classes: int, max_samples: int | None):
         self.path = Path(labels)
@@ -24,6 +29,8 @@ class ImageNetRows:
         self.labels: list[int] = []
         if not self.path.is_file():
             raise DataError(f"ImageNet labels file not found: {self.path}")
+        inside = os.path.join(os.path.realpath(self.folder), "")
+        resolve = PathResolver()
         for line, text in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
             if max_samples is not None and len(self.lines) >= max_samples:
                 break
@@ -35,6 +42,10 @@ class ImageNetRows:
             label = int(parts[1])
             if not 0 <= label < num_classes:
                 raise DataError(f"{self.path}: line {line}: label {label} outside [0, {num_classes})")
+            if not (target := resolve(os.path.join(self.folder, parts[0]))).startswith(inside):
+                problem = f"image path {parts[0]!r} leaves the image folder {self.folder}: it resolves to {target}"
+                self.bad.append(BadRow(self.source, line, problem))
+                continue
             self.lines.append(line)
             self.images.append(parts[0])
             self.labels.append(label)

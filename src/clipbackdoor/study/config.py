@@ -248,6 +248,19 @@ def sweep_configs(cfg: StudyConfig) -> list[SweepConfig]:
     ]
 
 
+def only_pretrainings(cfg: StudyConfig, tags: list[str]) -> StudyConfig:
+    """The study cut down to the pre-trainings ``tags`` and their seeds: no cleaning, no filtering. For a new
+    or changed pre-training's results before the sweeps (the full study reads the finished runs back)."""
+    unknown = sorted(set(tags) - set(cfg.pretrain))
+    if unknown:
+        raise ConfigError(f"study {cfg.name}: --only {unknown} are not among the pre-trainings {list(cfg.pretrain)}")
+    seeds = cfg.seeds and cfg.seeds.model_copy(
+        update={"defenses": [], "pretrain": [t for t in cfg.seeded_pretrain if t in tags]}
+    )
+    pretrain = {tag: spec for tag, spec in cfg.pretrain.items() if tag in tags}
+    return cfg.model_copy(update={"pretrain": pretrain, "defenses": {}, "seeds": seeds, "filter": None})
+
+
 def trial_workers(cfg: StudyConfig, devices: list[str]) -> int:
     """Cleaning trials run at once: ``workers`` if given, else one per device slot of ``devices``
     (``devices_per_trial`` each), and one on a machine without devices."""
