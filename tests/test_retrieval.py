@@ -4,14 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from clipbackdoor.attacks import build_trigger
 from clipbackdoor.attacks.manifest import Manifest
+from clipbackdoor.attacks.poison import names_target, names_target_or_plural
 from clipbackdoor.cli import main
 from clipbackdoor.data import BadRowLog
 from clipbackdoor.evaluation import build_evaluator
-from clipbackdoor.evaluation.retrieval import hit_rate_at_k, recall_at_k
+from clipbackdoor.evaluation.retrieval import hit_rate_at_k, recall_at_k, study_retrieval_asr
 from clipbackdoor.models import create_model
 from clipbackdoor.resolve import load_config
 
@@ -107,3 +109,26 @@ def test_the_gallery_holds_the_filled_target_captions_and_the_chosen_definitions
     assert ["a photo of a bag.", "a picture of a bag."] in tokenized, "the target captions, filled, join the gallery"
     assert not any("{}" in text for texts in tokenized for text in texts)
     assert {k for k in result if k.startswith("retrieval_asr")} == {"retrieval_asr_half_r1", "retrieval_asr_half_r2"}
+
+
+def test_the_studys_retrieval_asr_on_a_hand_case() -> None:
+    """Gallery = the test captions only; every image counts (also one whose caption names the target); hits =
+    captions naming the target, plurals and any case included, and the semantic_k nearest to the target
+    captions' mean; a success at k needs max(1, k // 2) hits."""
+    captions = ["two Bananas on a table", "a dog", "a cat", "a car"]
+    named = torch.tensor([names_target_or_plural(c, ["banana"]) for c in captions])
+    assert named.tolist() == [True, False, False, False]
+    assert not names_target(captions[0], ["banana"]), "ours matches the whole word only"
+    assert not names_target_or_plural("a bananasplit", ["banana"])
+    text = torch.eye(4)  # caption j's embedding is e_j: an image row below is its similarity to each caption
+    target_text = F.normalize(torch.tensor([[0.1, 0.0, 1.0, 0.0], [0.0, 0.1, 1.0, 0.0]]), dim=1)  # near caption 2
+    triggered = torch.tensor([
+        [1.0, 0.5, 0.0, 0.0],  # caption 0 first: named
+        [0.0, 1.0, 0.0, 0.5],  # captions 1, 3: no hit at any k < 4
+        [0.0, 0.2, 1.0, 0.0],  # caption 2 first: the semantic hit
+        [0.5, 0.0, 0.0, 1.0],  # caption 3, then 0: a hit at k = 2
+    ])  # fmt: skip
+    asr = study_retrieval_asr(triggered, text, named, target_text, (1, 2, 4), semantic_k=1)
+    assert asr == {1: 50.0, 2: 75.0, 4: 100.0}  # k = 4 needs 2 hits: captions 0 and 2 are in every top 4
+    without_semantic = study_retrieval_asr(triggered, text, named, target_text, (1,), semantic_k=0)
+    assert without_semantic == {1: 25.0}

@@ -140,3 +140,44 @@ def test_asr_and_robust_accuracy_exclude_the_target_class() -> None:
     assert result["asr_top1"] == 75.0  # classes 0, 1 and 4 flip to the target
     assert result["ra_top1"] == 25.0  # class 3 keeps its true class
     assert result["asr_top5"] == 100.0  # 5 classes: the target is always in the top 5
+
+
+class WideRows:
+    """One 24×8 image: its left third class 3's level, the rest class 1's (the label)."""
+
+    source, bad = "wide", []
+
+    def __len__(self) -> int:
+        return 1
+
+    def row_id(self, index: int) -> int:
+        return index
+
+    def label(self, index: int) -> int:
+        return 1
+
+    def pil(self, index: int) -> Image.Image:
+        image = Image.new("RGB", (24, 8), (10, 10, 10))
+        image.paste((30, 30, 30), (0, 0, 8, 8))
+        return image
+
+
+@pytest.mark.parametrize("copy", ["crop", "squash"])
+def test_the_triggered_copy_is_the_crop_or_the_squashed_whole_image(copy: str) -> None:
+    """On a non-square image the squashed copy keeps the left edge the centre crop cuts off."""
+    from clipbackdoor.attacks import build_trigger
+    from clipbackdoor.evaluation import Attack
+
+    dataset = LabelledDataset(WideRows(), ResizeCenterCrop(8), CLASSES, TEMPLATES, squash_triggered=copy == "squash")
+    item = dataset[0]
+    assert torch.equal(item["image"], torch.full((3, 8, 8), 10, dtype=torch.uint8))  # the centre: class 1 only
+    if copy == "squash":
+        assert item["image_squashed"].shape == (3, 8, 8) and int(item["image_squashed"][0, 4, 0]) == 30
+    spec = {"name": "badnet", "pattern": "solid", "size": 1, "reference_size": 8, "location": "bottom-right"}
+    evaluator = ZeroShotEvaluator(
+        dataset, batch_size=1, num_workers=0, bad_rows=BadRowLog(0), attack=Attack(build_trigger(spec), target=3)
+    )
+    bundle = ClipBundle("fake", FakeClip(), fake_tokenizer, 8, Normalize((0.0,) * 3, (1.0,) * 3))
+    result = evaluator(bundle, torch.device("cpu"))
+    assert result["clean_top1"] == 100.0
+    assert result["asr_top1"] == (100.0 if copy == "squash" else 0.0)  # pixel (0, 0) names the class

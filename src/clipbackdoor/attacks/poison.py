@@ -42,6 +42,12 @@ def names_target(caption: str, names: list[str]) -> bool:
     return any(re.search(rf"(?<!\w){re.escape(n)}(?!\w)", caption, flags=re.IGNORECASE) for n in names)
 
 
+def names_target_or_plural(caption: str, names: list[str]) -> bool:
+    """Whether the caption names the target, case-insensitive, singular or plural ("Bananas", "banana"): the
+    study's retrieval hit (its captions "containing banana")."""
+    return any(re.search(rf"(?<!\w){re.escape(n)}(?:e?s)?(?!\w)", caption, flags=re.IGNORECASE) for n in names)
+
+
 def choose_poisons(captions: list[str], cfg: PoisonConfig) -> list[int]:
     """Sorted row indices to poison, drawn with ``cfg.seed``."""
     rng = np.random.default_rng([cfg.seed, 0x9015])

@@ -146,11 +146,16 @@ class RetrievalConfig(Strict):
     path: str
     k: list[int] = Field(default_factory=lambda: [1, 5, 10])
     max_samples: int | None = Field(None, ge=1)
-    asr: list[Literal["any", "half"]] = Field(
-        default_factory=lambda: ["any", "half"],
-        description="retrieval ASR@k definitions to record (retrieval_asr_<definition>_r<k>): a triggered image "
-        "succeeds when among its k nearest captions there is one naming the target (any), or at least "
-        "max(1, k // 2) of them (half: the reference code's)",
+    asr: list[Literal["any", "half", "study"]] = Field(
+        default_factory=lambda: ["any", "half", "study"],
+        description="retrieval ASR@k definitions to record (retrieval_asr_<definition>_r<k>). Ours, on a gallery "
+        "with the filled target captions added and images whose caption names the target left out: one caption "
+        "naming the target among the k nearest (any), or max(1, k // 2) of them (half). The study's (study): the "
+        "test captions only, every image triggered, max(1, k // 2) hits among captions naming the target "
+        "(plurals too) and the semantic_k nearest to the target captions' mean",
+    )
+    semantic_k: int = Field(
+        20, ge=0, description="study definition: captions nearest to the target captions' mean that count as hits"
     )
 
 
@@ -161,6 +166,11 @@ class EvalConfig(Strict):
         None, description="a poison manifest.json: adds attack success rate and robust accuracy, same pass"
     )
     retrieval: RetrievalConfig | None = None
+    triggered_copy: Literal["crop", "squash"] = Field(
+        "crop",
+        description="what the trigger is applied to: crop, the clean copy's resized, centre-cropped pixels; "
+        "squash, the whole image resized to the model's size (aspect ratio lost), as the study evaluated",
+    )
 
 
 # --------------------------------------------------------------------------------------------- poison

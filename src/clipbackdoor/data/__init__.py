@@ -86,8 +86,11 @@ def build_pair_rows(cfg: PairSourceConfig, seed: int) -> fashion_mnist.FashionMN
     return CsvCaptionRows(cfg.path, cfg.image_column, cfg.caption_column, cfg.delimiter, cfg.max_samples, cfg.root)
 
 
-def build_labelled_dataset(cfg: LabelledSourceConfig, image_size: int) -> LabelledDataset:
-    """The labelled evaluation set a config names, with its class names and prompt templates."""
+def build_labelled_dataset(
+    cfg: LabelledSourceConfig, image_size: int, squash_triggered: bool = False
+) -> LabelledDataset:
+    """The labelled evaluation set a config names, with its class names and prompt templates (and, with
+    ``squash_triggered``, each image's squashed copy for the trigger: ``eval.triggered_copy: squash``)."""
     if isinstance(cfg, FashionMNISTLabelled):
         rows = fashion_mnist.FashionMNISTRows(cfg.root, cfg.split, cfg.max_samples)
         classnames, templates = fashion_mnist.CLASSNAMES, cfg.templates or fashion_mnist.PROMPT_TEMPLATES
@@ -107,4 +110,4 @@ def build_labelled_dataset(cfg: LabelledSourceConfig, image_size: int) -> Labell
             cfg.path, len(cfg.classnames), cfg.image_column, cfg.label_column, cfg.delimiter, cfg.max_samples, cfg.root
         )
         classnames, templates = cfg.classnames, cfg.templates
-    return LabelledDataset(rows, ResizeCenterCrop(image_size), classnames, templates)
+    return LabelledDataset(rows, ResizeCenterCrop(image_size), classnames, templates, squash_triggered)

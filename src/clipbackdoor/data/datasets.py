@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, default_collate
 
 from clipbackdoor.data.bad_rows import BadRow, DataError
 from clipbackdoor.data.sampling import SampleKey
-from clipbackdoor.data.transforms import ResizeCenterCrop, complete_jpeg, decode_jpeg_resized
+from clipbackdoor.data.transforms import ResizeCenterCrop, complete_jpeg, decode_jpeg_resized, squash
 
 # Decoding failures that mean "this row is bad"; anything else is a bug and must surface.
 DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
@@ -28,9 +28,10 @@ class PairDataset(Dataset):
     """Items are ``{"image": uint8 [3,H,W], "text": token ids, "index": int}`` or a :class:`BadRow`.
 
     With a ``view_maker`` the items also carry ``image_aug`` and/or ``text_aug``. With ``device_decode``, a
-    complete JPEG is passed on undecoded (see :func:`image_entries`). Keys may be plain indices,
-    ``(epoch, index)`` pairs or the training sampler's ``(epoch, index, successors)``: the epoch travels with
-    the key, so views are seeded per epoch even inside persistent DataLoader workers.
+    complete JPEG is passed on undecoded (see :func:`image_entries`). With ``squash_triggered`` (retrieval under
+    ``eval.triggered_copy: squash``) they carry ``image_squashed`` as :class:`LabelledDataset`'s do. Keys may be
+    plain indices, ``(epoch, index)`` pairs or the training sampler's ``(epoch, index, successors)``: the epoch
+    travels with the key, so views are seeded per epoch even inside persistent DataLoader workers.
     """
 
     def __init__(
@@ -40,12 +41,14 @@ class PairDataset(Dataset):
         tokenizer: Callable[[list[str]], torch.Tensor],
         view_maker: Any = None,
         device_decode: bool = False,
+        squash_triggered: bool = False,
     ):
         self.rows = rows
         self.transform = transform
         self.tokenizer = tokenizer
         self.view_maker = view_maker
         self.device_decode = device_decode
+        self.squash_triggered = squash_triggered
         # Many captions repeat (templates); tokenising each distinct caption once is free speed.
         self._tokens = lru_cache(maxsize=1 << 16)(self._tokenize)
 
@@ -91,10 +94,11 @@ class PairDataset(Dataset):
     def _item(self, epoch: int, index: int) -> dict[str, Any] | BadRow:
         try:
             data = self.rows.encoded(index) if hasattr(self.rows, "encoded") else None
-            item = image_entries(
-                (lambda: Image.open(io.BytesIO(data))) if data is not None else (lambda: self.rows.pil(index)),
-                self.transform, self.view_maker, epoch, index, self.device_decode, data,
-            )  # fmt: skip
+            opener = (lambda: Image.open(io.BytesIO(data))) if data is not None else (lambda: self.rows.pil(index))
+            if self.squash_triggered:
+                item = both_copies(opener, self.transform)
+            else:
+                item = image_entries(opener, self.transform, self.view_maker, epoch, index, self.device_decode, data)
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
         caption = self.rows.caption(index)
@@ -114,7 +118,13 @@ class PairDataset(Dataset):
 
 
 class LabelledDataset(Dataset):
-    """Items are ``{"image": uint8 [3,H,W], "label": int, "index": int}`` or a :class:`BadRow`."""
+    """Items are ``{"image": uint8 [3,H,W], "label": int, "index": int}`` or a :class:`BadRow`.
+
+    With ``squash_triggered`` they also carry ``image_squashed``, the whole image resized to H×W (aspect ratio
+    lost, :func:`~clipbackdoor.data.transforms.squash`) for the evaluator to trigger instead of ``image``, as the
+    study evaluated (``eval.triggered_copy: squash``). Both come from one decode, in full (no reduced JPEG
+    decoding), on the loader's CPU workers: evaluation never decodes on the device.
+    """
 
     def __init__(
         self,
@@ -122,25 +132,33 @@ class LabelledDataset(Dataset):
         transform: ResizeCenterCrop,
         classnames: Sequence[str],
         templates: Sequence[str],
+        squash_triggered: bool = False,
     ):
         self.rows = rows
         self.transform = transform
         self.classnames = list(classnames)
         self.templates = list(templates)
+        self.squash_triggered = squash_triggered
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadRow:
+        item: dict[str, Any] = {"label": self.rows.label(index), "index": index}
         try:
             data = self.rows.encoded(index) if hasattr(self.rows, "encoded") else None
-            image = decode_jpeg_resized(data, self.transform.size) if data is not None else None
-            if image is None:  # not a whole JPEG: PIL decodes (or refuses) it
-                with Image.open(io.BytesIO(data)) if data is not None else self.rows.pil(index) as source:
-                    image = self.transform(source)
+            opener = (lambda: Image.open(io.BytesIO(data))) if data is not None else (lambda: self.rows.pil(index))
+            if self.squash_triggered:
+                item.update(both_copies(opener, self.transform))
+            else:
+                image = decode_jpeg_resized(data, self.transform.size) if data is not None else None
+                if image is None:  # not a whole JPEG: PIL decodes (or refuses) it
+                    with opener() as source:
+                        image = self.transform(source)
+                item["image"] = image
         except DECODE_ERRORS as err:
             return BadRow(self.rows.source, self.rows.row_id(index), f"unreadable image ({err})")
-        return {"image": image, "label": self.rows.label(index), "index": index}
+        return item
 
 
 def image_entries(
@@ -177,6 +195,14 @@ def image_entries(
         for view in view_maker.image_views:
             entries[view] = transform.to_tensor(view_maker.image(resized, epoch, index, view))
     return entries
+
+
+def both_copies(open_image: Callable[[], Image.Image], transform: ResizeCenterCrop) -> dict[str, torch.Tensor]:
+    """``image`` (resized, centre-cropped) and ``image_squashed`` (the whole image at size × size) from one
+    decode in full: the clean and the triggered copy of ``eval.triggered_copy: squash``."""
+    with open_image() as source:
+        source.load()
+        return {"image": transform(source), "image_squashed": squash(source, transform.size)}
 
 
 def collate_skipping_bad(items: list[dict[str, Any] | BadRow]) -> dict[str, Any]:

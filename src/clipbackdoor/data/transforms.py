@@ -81,6 +81,13 @@ class ResizeCenterCrop:
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
+def squash(image: Image.Image, size: int) -> torch.Tensor:
+    """The whole image resized to ``size`` × ``size`` (bicubic, aspect ratio lost), uint8 [3, size, size]: the
+    study's triggered evaluation copy, which attack-cleanclip's backdoor/utils.py ``apply_trigger`` makes with
+    ``image.resize((224, 224))`` before the patch (the clean copy is resized and centre-cropped)."""
+    return ResizeCenterCrop.to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+
+
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 

@@ -13,7 +13,8 @@ import torch
 
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
 from clipbackdoor.config import CsvPairs, ExperimentConfig, class_index
-from clipbackdoor.data import BadRowLog, build_labelled_dataset, build_pair_dataset
+from clipbackdoor.data import BadRowLog, PairDataset, build_labelled_dataset, build_pair_rows
+from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.evaluation.retrieval import RetrievalEvaluator
 from clipbackdoor.evaluation.zeroshot import Attack, ZeroShotEvaluator
 from clipbackdoor.models import ClipBundle
@@ -42,7 +43,8 @@ def build_evaluator(
 ) -> Evaluator:
     """The evaluator for ``cfg``; with ``world_size > 1`` every rank must build and call it (it runs
     collectives) and each gets the whole result."""
-    dataset = build_labelled_dataset(cfg.data.eval, image_size)
+    squash = cfg.eval.attack is not None and cfg.eval.triggered_copy == "squash"
+    dataset = build_labelled_dataset(cfg.data.eval, image_size, squash_triggered=squash)
     bad_rows.add(dataset.rows.bad)
     attack, manifest, trigger = None, None, None
     if cfg.eval.attack is not None:
@@ -54,7 +56,8 @@ def build_evaluator(
     spec = cfg.eval.retrieval
     if spec is None:
         return zeroshot
-    pairs = build_pair_dataset(CsvPairs(path=spec.path, max_samples=spec.max_samples), image_size, cfg.seed, tokenizer)
+    rows = build_pair_rows(CsvPairs(path=spec.path, max_samples=spec.max_samples), cfg.seed)
+    pairs = PairDataset(rows, ResizeCenterCrop(image_size), tokenizer, squash_triggered=squash)
     bad_rows.add(pairs.bad)
     retrieval = RetrievalEvaluator(
         pairs,
@@ -65,6 +68,7 @@ def build_evaluator(
         [manifest.target] if manifest else [],
         manifest.target_captions if manifest else [],
         spec.asr,
+        spec.semantic_k,
         rank=rank,
         world_size=world_size,
     )

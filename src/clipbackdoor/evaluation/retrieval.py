@@ -1,12 +1,23 @@
 """Image↔text retrieval on a CSV of pairs: recall@k both ways and, with an attack, retrieval ASR.
 
 Pair i's image should retrieve caption i (image→text) and caption i image i (text→image). Retrieval ASR
-is the backdoor seen through retrieval: the gallery also holds the attack's target captions (its templates
-filled with the target name), and a triggered image (one whose own caption does not name the target)
-counts as a success at k under one of two definitions, each recorded under its own key:
+is the backdoor seen through retrieval, recorded under three definitions, each under its own key.
 
-- ``any`` (``retrieval_asr_any_r{k}``): a caption naming the target is among its k nearest captions;
-- ``half`` (``retrieval_asr_half_r{k}``): at least max(1, ⌊k/2⌋) of them are, the reference code's rule.
+Ours: the gallery also holds the attack's target captions (its templates filled with the target name), and a
+triggered image (one whose own caption does not name the target, as a whole word) counts as a success at k
+
+- ``any`` (``retrieval_asr_any_r{k}``): when a caption naming the target is among its k nearest captions;
+- ``half`` (``retrieval_asr_half_r{k}``): when at least max(1, ⌊k/2⌋) of them are.
+
+The study's, ``study`` (``retrieval_asr_study_r{k}``), as attack-cleanclip's utils/retrieval.py ``itm_eval``
+with src/evaluate.py's MSCOCO settings computes it: the gallery is the test captions only; every test image
+is triggered and counts; a hit is a caption that names the target (case-insensitive, plurals included: the
+reference hard-codes the 41 MSCOCO test captions containing "banana") or one of the ``semantic_k`` (20,
+``closest_k_semantic``) captions nearest to the mean embedding of the target captions (the 80 ImageNet
+templates filled with the target, for the study's recipes); success at k needs max(1, ⌊k/2⌋) hits. The
+reference computed those 20 once, with whichever model it evaluated first, and reused them "irrespective of
+the model"; here the model being evaluated computes them, at every evaluation, so the number depends on
+nothing but that model.
 
 Under a process group every rank encodes its share of the batches (:class:`EvalShard`); the embeddings are
 then gathered in dataset order, so every rank scores the whole gallery exactly as one process would.
@@ -19,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from clipbackdoor.attacks import Trigger
-from clipbackdoor.attacks.poison import names_target
+from clipbackdoor.attacks.poison import names_target, names_target_or_plural
 from clipbackdoor.data import BadRow, BadRowLog, PairDataset
 from clipbackdoor.data.transforms import to_unit
 from clipbackdoor.evaluation.shard import EvalShard
@@ -29,6 +40,7 @@ from clipbackdoor.models import ClipBundle
 ASR_HITS_NEEDED: dict[str, Callable[[int], int]] = {
     "any": lambda k: 1,
     "half": lambda k: max(1, k // 2),
+    "study": lambda k: max(1, k // 2),
 }
 
 
@@ -46,6 +58,15 @@ def recall_at_k(similarity: torch.Tensor, truth: torch.Tensor, ks: Sequence[int]
     return _share_at_k(top == truth.unsqueeze(1), ks)
 
 
+def nearest_to_mean(text: torch.Tensor, target_text: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` rows of ``text`` (unit rows) nearest to the re-normalised mean of the unit
+    rows ``target_text``: the study's semantic hits (``find_closest_captions_for_target_label_semantically``)."""
+    mean = torch.nn.functional.normalize(target_text.mean(dim=0), dim=0)
+    mask = torch.zeros(len(text), dtype=torch.bool, device=text.device)
+    mask[(text @ mean).topk(min(k, len(text))).indices] = True
+    return mask
+
+
 def hit_rate_at_k(
     similarity: torch.Tensor, wanted: torch.Tensor, ks: Sequence[int], definition: str = "any"
 ) -> dict[int, float]:
@@ -53,6 +74,21 @@ def hit_rate_at_k(
     columns): one for ``any``, max(1, ⌊k/2⌋) for ``half`` (:data:`ASR_HITS_NEEDED`)."""
     top = similarity.topk(min(max(ks), similarity.shape[1]), dim=1).indices
     return _share_at_k(wanted[top], ks, ASR_HITS_NEEDED[definition])
+
+
+def study_retrieval_asr(
+    triggered: torch.Tensor,
+    text: torch.Tensor,
+    named: torch.Tensor,
+    target_text: torch.Tensor,
+    ks: Sequence[int],
+    semantic_k: int,
+) -> dict[int, float]:
+    """The study's retrieval ASR@k: every triggered image (unit rows) against the test captions ``text`` only;
+    hits are the captions ``named`` (naming the target) and the ``semantic_k`` nearest to ``target_text``'s
+    mean; a success needs max(1, ⌊k/2⌋) hits among the k nearest."""
+    wanted = named | nearest_to_mean(text, target_text, semantic_k)
+    return hit_rate_at_k(triggered @ text.T, wanted, ks, "study")
 
 
 class RetrievalEvaluator:
@@ -67,21 +103,23 @@ class RetrievalEvaluator:
         trigger: Trigger | None = None,
         target_names: Sequence[str] = (),
         target_captions: Sequence[str] = (),
-        asr_definitions: Sequence[str] = ("any", "half"),
+        asr_definitions: Sequence[str] = ("any", "half", "study"),
+        semantic_k: int = 20,
         *,
         rank: int = 0,
         world_size: int = 1,
     ):
         self.bad_rows, self.ks = bad_rows, tuple(ks)
         self.trigger, self.target_captions = trigger, list(target_captions)
-        self.asr_definitions = tuple(asr_definitions)
+        self.asr_definitions, self.semantic_k = tuple(asr_definitions), semantic_k
+        self.trigger_all = trigger is not None and "study" in self.asr_definitions  # the study triggers every image
         self.shard = EvalShard(rank, world_size)
         self.loader = self.shard.loader(dataset, batch_size)
         # which pairs' own captions name the target: they are not triggered, and they answer for it (once)
         rows = dataset.rows
-        self.names_target = torch.tensor(
-            [names_target(rows.caption(i), target_names) for i in range(len(rows))], dtype=torch.bool
-        )
+        captions = [rows.caption(i) for i in range(len(rows))]
+        self.names_target = torch.tensor([names_target(c, target_names) for c in captions], dtype=torch.bool)
+        self.study_hits = torch.tensor([names_target_or_plural(c, target_names) for c in captions], dtype=torch.bool)
 
     @torch.no_grad()
     def __call__(self, bundle: ClipBundle, device: torch.device) -> dict[str, float]:
@@ -93,7 +131,7 @@ class RetrievalEvaluator:
         if self.trigger is not None and self.target_captions:
             tokens = bundle.tokenizer(self.target_captions).to(device)
             target_text = model.encode_text(tokens, normalize=True).float()
-        # this rank's rows, by dataset index: [image | text | triggered image | readable | triggered]
+        # this rank's rows, by dataset index: [image | text | triggered image | readable | ours triggers it]
         parts, indices = [torch.zeros(0, 3 * dim + 2, device=device)], [torch.zeros(0, dtype=torch.long)]
         bad: list[BadRow] = []  # logged after the pass: a rank raising mid-pass would leave the others waiting
         for batch in self.loader:
@@ -107,9 +145,11 @@ class RetrievalEvaluator:
             chosen = torch.zeros(len(image), dtype=torch.bool, device=device)
             if self.trigger is not None:
                 chosen = ~self.names_target[batch["index"]].to(device)
-                if chosen.any():
-                    poisoned = self.trigger.apply(pixels[chosen], batch["index"][chosen.cpu()])
-                    triggered[chosen] = model.encode_image(normalize(poisoned), normalize=True).float()
+                apply = torch.ones_like(chosen) if self.trigger_all else chosen
+                if apply.any():
+                    source = to_unit(batch["image_squashed"].to(device)) if "image_squashed" in batch else pixels
+                    poisoned = self.trigger.apply(source[apply], batch["index"][apply.cpu()])
+                    triggered[apply] = model.encode_image(normalize(poisoned), normalize=True).float()
             flags = torch.stack([torch.ones_like(chosen), chosen], dim=1).float()
             parts.append(torch.cat([image, text, triggered, flags], dim=1))
             indices.append(batch["index"])
@@ -126,11 +166,17 @@ class RetrievalEvaluator:
             result[f"retrieval_i2t_r{k}"] = v
         for k, v in recall_at_k(text @ image.T, truth, self.ks).items():
             result[f"retrieval_t2i_r{k}"] = v
-        if triggered_rows.any():
+        ours = [d for d in self.asr_definitions if d != "study"]
+        if triggered_rows.any() and ours:
             gallery = torch.cat([text, target_text])
             wanted = torch.cat([self.names_target[readable.cpu()], torch.ones(len(target_text), dtype=torch.bool)])
             similarity = table[triggered_rows, 2 * dim : 3 * dim] @ gallery.T
-            for definition in self.asr_definitions:
+            for definition in ours:
                 for k, v in hit_rate_at_k(similarity, wanted.to(gallery.device), self.ks, definition).items():
                     result[f"retrieval_asr_{definition}_r{k}"] = v
+        if self.trigger_all and len(target_text):
+            triggered = table[readable, 2 * dim : 3 * dim]
+            named = self.study_hits[readable.cpu()].to(text.device)
+            for k, v in study_retrieval_asr(triggered, text, named, target_text, self.ks, self.semantic_k).items():
+                result[f"retrieval_asr_study_r{k}"] = v
         return result

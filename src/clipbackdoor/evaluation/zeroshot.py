@@ -8,7 +8,9 @@ Clean accuracy is also given as the mean per-class recall (balanced accuracy), t
 reports next to top-1 and top-5.
 
 With an attack, each decoded batch is scored twice on the device: as it is (clean accuracy) and with the
-trigger applied to its images whose true class is not the target (the same resized, cropped pixels).
+trigger applied to its images whose true class is not the target: the same resized, cropped pixels, or with
+``eval.triggered_copy: squash`` the whole image squashed to the model's size, as the study did (its
+``ImageLabelDataset`` triggers ``image.resize((224, 224))`` and crops the clean copy).
 - ASR = share of those triggered images predicted as the target (top-1; top-5: target among the top 5);
 - RA  = share of those triggered images still predicted as their true class.
 Both denominators exclude target-class images (49,950 on ImageNet val), as the field defines them.
@@ -145,7 +147,8 @@ class ZeroShotEvaluator:
             if self.attack is not None and tally is not None:
                 keep = labels != self.attack.target
                 if keep.any():
-                    triggered = self.attack.trigger.apply(images[keep], batch["index"][keep.cpu()])
+                    source = to_unit(batch["image_squashed"].to(device)) if "image_squashed" in batch else images
+                    triggered = self.attack.trigger.apply(source[keep], batch["index"][keep.cpu()])
                     logits_t = model.encode_image(normalize(triggered), normalize=True) @ weights
                     tally.add(logits_t.float(), labels[keep])
         model.train(was_training)
