@@ -143,8 +143,8 @@ def test_throughput_lookup_skips_other_benchmarks_files(tmp_path: Path) -> None:
     record = {"setup": {"model": "RN50", "precision": "bf16", "device": "H200"},
               "results": {"per_objective": {"mmcl": {"synthetic_samples_per_s": 1234.0}}}}  # fmt: skip
     (tmp_path / "gpu_rn50.json").write_text(json.dumps(record))
-    rate, source = find_throughput("RN50", "bf16", "mmcl", (tmp_path,))
-    assert rate == 1234.0 and "gpu_rn50.json" in source
+    rate, source, device = find_throughput("RN50", "bf16", "mmcl", (tmp_path,))
+    assert rate == 1234.0 and "gpu_rn50.json" in source and device == "H200"
 
 
 def test_plan_says_whether_the_loader_can_feed_the_devices(tmp_path: Path) -> None:
@@ -177,3 +177,15 @@ def test_plan_says_whether_the_loader_can_feed_the_devices(tmp_path: Path) -> No
     (stage,) = plan_experiment(cfg, gpus=8, bench_dirs=(bench,), cores=16)
     assert any("wants 48 loader cores; the node has 16" in w for w in stage.warnings)
     assert "2 loader core(s) per process" in stage.feed
+
+
+def test_the_demo_does_not_warn_about_itself_and_its_plan_speaks_of_the_cpu(tmp_path: Path) -> None:
+    """Before poisoning (a fresh machine): the images poisoning will write are sized from its source, every
+    warm-up fits its run, and rates measured on the CPU are the CPU's, in CPU-hours."""
+    from clipbackdoor.study.plan import format_plan
+
+    stages = plan_study(load_study_config("study-demo", [f"output_dir={tmp_path}"]))
+    assert [w for s in stages for w in s.warnings] == []
+    text = format_plan(stages)
+    assert "Fashion-MNIST's 28 px images, as poisoning will write them" in text
+    assert "the CPU trains at" in text and "CPU-hours" in text and "GPU" not in text

@@ -19,6 +19,7 @@ from PIL import Image
 
 from clipbackdoor.config import CsvPairs, ExperimentConfig, FashionMNISTPairs
 from clipbackdoor.objectives import ObjectiveCost
+from clipbackdoor.study.measurements import Throughput
 
 SMALL_SOURCE_SIDE = 320  # a median shorter side at most this: img2dataset-resized (256 px), not raw downloads
 PEEK_ROWS = 32
@@ -60,11 +61,24 @@ def _ours(entry: dict) -> float:
 
 
 def size_regime(cfg: ExperimentConfig) -> tuple[str, str]:
-    """``raw`` or ``256px`` for the training images, and why: read off a few image headers of a CSV source;
-    streamed shards and missing data are taken as raw downloads (the slower case)."""
-    source = cfg.data.train
+    """``raw`` or ``256px`` for the training images, and why: read off a few image headers of a CSV source,
+    or of the source poisoning will copy them from when the CSV is its output, not written yet (a study's plan
+    before it poisons); streamed shards and missing data are taken as raw downloads (the slower case)."""
+    source, poison = cfg.data.train, cfg.poison
+    unwritten = isinstance(source, CsvPairs) and not Path(source.path).is_file()
+    if unwritten and poison is not None and Path(source.path).parent.resolve() == Path(poison.output).resolve():
+        if isinstance(poison.source, FashionMNISTPairs):  # written as 28 px PNGs, poisons at poison.image_size
+            return "256px", "Fashion-MNIST's 28 px images, as poisoning will write them"
+        if isinstance(poison.source, CsvPairs) and Path(poison.source.path).is_file():
+            regime, why = _csv_regime(poison.source)  # clean rows link to the source's images
+            return regime, f"{why} of {poison.source.path}, which poisoning links to"
     if not isinstance(source, CsvPairs) or not Path(source.path).is_file():
         return "raw", "assumed: not a CSV of files on disk"
+    return _csv_regime(source)
+
+
+def _csv_regime(source: CsvPairs) -> tuple[str, str]:
+    """``raw`` or ``256px`` from the median shorter side of the first images a CSV names."""
     root = Path(source.root) if source.root else Path(source.path).parent
     sides = []
     with Path(source.path).open(newline="", encoding="utf-8", errors="replace") as f:
@@ -87,13 +101,14 @@ def feed_report(
     cfg: ExperimentConfig,
     cost: ObjectiveCost,
     processes: int,
-    device_rate: float | None,
+    throughput: Throughput | None,
     cores: int,
     dirs: tuple[Path, ...],
 ) -> tuple[str | None, list[str]]:
     """A line for the plan and warnings: loader cores per process × rate per core for what the objective's
-    loader makes (``cost``), against ``device_rate`` (samples/s per device, measured); nothing for in-memory
-    data (Fashion-MNIST)."""
+    loader makes (``cost``), against the measured training rate per device (``throughput``); nothing for
+    in-memory data (Fashion-MNIST). A rate measured on the CPU is spoken of as the CPU's: there the loader and
+    training share the cores, and no GPU waits."""
     if isinstance(cfg.data.train, FashionMNISTPairs):
         return None, []
     kind = loader_kind(cost)
@@ -114,10 +129,17 @@ def feed_report(
         f"{usable} loader core(s) per process × {rate.per_core:,.0f}/s per core ({kind}, {regime} JPEGs: {why}; "
         f"data.decode={cfg.data.decode}) = {feed:,.0f}/s"
     )
-    if device_rate is not None:
-        line += f" against {device_rate:,.0f}/s the device trains at"
-        if feed < device_rate:
-            needed = -(-device_rate // rate.per_core)
+    if throughput is not None:
+        device_rate, device = throughput.rate, "the CPU" if throughput.on_cpu else "the device"
+        line += f" against {device_rate:,.0f}/s {device} trains at"
+        needed = -(-device_rate // rate.per_core)
+        if feed < device_rate and throughput.on_cpu:
+            warnings.append(
+                f"the loader feeds {feed:,.0f}/s per process but the CPU trains at {device_rate:,.0f}/s: training "
+                f"will wait for the loader, which shares the CPU's cores with it (~{needed:.0f} loader cores would "
+                "keep up: data.num_workers on a machine with more cores)"
+            )
+        elif feed < device_rate:
             warnings.append(
                 f"the loader feeds {feed:,.0f}/s per process but the device trains at {device_rate:,.0f}/s: the GPUs "
                 f"will wait. It needs ~{needed:.0f} cores per process (data.num_workers, a node with more cores), "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clipbackdoor.objectives import ObjectiveCost, split_term
 
@@ -29,9 +29,22 @@ def measurement_dirs(given: Path | None = None) -> tuple[Path, ...]:
     return (*((named,) if named else ()), Path("benchmarks/results"), PACKAGED_MEASUREMENTS)
 
 
+class Throughput(NamedTuple):
+    """A measured training rate: samples/s per device, where it was read, and the device (``cpu``, ``cuda``)."""
+
+    rate: float
+    source: str
+    device: str
+
+    @property
+    def on_cpu(self) -> bool:
+        """Measured on a CPU: the plan's hours are CPU-hours, and its loader shares the cores with training."""
+        return self.device == "cpu"
+
+
 def find_throughput(
     model: str, precision: str, objective_kind: str | tuple[str | None, ...], dirs: tuple[Path, ...]
-) -> tuple[float, str] | None:
+) -> Throughput | None:
     """Samples/s per device for (model, precision, objective) from a benchmark JSON, preferring GPU files: the
     model's rate on tensors already on the device (the loader's rate is the data-path line's). Several kinds
     are tried in order: the objective's own measurement (its recipe's batch), else one of as many passes."""
@@ -57,7 +70,8 @@ def find_throughput(
             # the device's own rate: whether the loader keeps up is the data-path line's question (data_rate.py)
             rate = rates.get("synthetic_samples_per_s") or rates.get("files_samples_per_s")
             if rate:
-                return float(rate), f"{path} ({setup.get('device', '?')}, {kind})"
+                device = str(setup.get("device", "?"))
+                return Throughput(float(rate), f"{path} ({device}, {kind})", device)
     return None
 
 

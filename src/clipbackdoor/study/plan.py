@@ -36,7 +36,7 @@ from clipbackdoor.objectives import ObjectiveCost, WeightedObjective
 from clipbackdoor.resolve import load_config, validate_tree
 from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, sweep_configs, trial_workers
 from clipbackdoor.study.data_rate import feed_report
-from clipbackdoor.study.measurements import device_kind, find_throughput, measured_key, measurement_dirs
+from clipbackdoor.study.measurements import Throughput, device_kind, find_throughput, measured_key, measurement_dirs
 from clipbackdoor.study.seed_axis import base_seed, other_seeds, seed_sweep_home
 from clipbackdoor.sweep.config import SweepConfig
 from clipbackdoor.sweep.devices import resolve_devices
@@ -83,7 +83,7 @@ class Stage:
     runs: int = 1
     at_once: int = 1
     checkpoint_bytes: int = 0
-    throughput: tuple[float, str] | None = None  # samples/s per device, and the file it came from
+    throughput: Throughput | None = None  # samples/s per device, the file it came from, the device measured
     warnings: list[str] = field(default_factory=list)
     feed: str | None = None  # what the loader's cores deliver per process (feed.py); None for in-memory data
     where: Where | None = None  # in a study: where its progress is (progress.py)
@@ -105,6 +105,11 @@ class Stage:
     @property
     def samples_seen(self) -> int | None:
         return None if self.total_steps is None else self.total_steps * self.layout.global_batch * self.runs
+
+    @property
+    def hours_unit(self) -> str:
+        """What the hours are hours of: the device the training rate was measured on."""
+        return "CPU-hours" if self.throughput is not None and self.throughput.on_cpu else "device-hours"
 
     @property
     def device_hours(self) -> float | None:
@@ -258,8 +263,8 @@ def plan_stage(
                         bench_dirs),
         [*(warnings or []), *checkpoint_warnings(cfg.model)], cost=cost,
     )  # fmt: skip
-    device_rate = stage.throughput[0] if stage.throughput else None
-    stage.feed, feed_warnings = feed_report(cfg, cost, processes, device_rate, cores or os.cpu_count() or 1, bench_dirs)
+    node_cores = cores or os.cpu_count() or 1
+    stage.feed, feed_warnings = feed_report(cfg, cost, processes, stage.throughput, node_cores, bench_dirs)
     stage.warnings += feed_warnings
     if stage.total_steps and cfg.train.warmup_steps > WARMUP_WARN_SHARE * stage.total_steps:
         stage.warnings.append(
@@ -332,6 +337,7 @@ def _clean_stage(
     )
     launcher = " ".join(study.clean_launcher) or "python"
     processes = launcher_processes(study.clean_launcher)
+    cfg = cfg.model_copy(update={"poison": pre.poison})  # the cleaning set's images are the poisoning's, as sized
     stage = plan_stage(
         name, cfg, processes, launcher, pairs, runs=runs, at_once=at_once, bench_dirs=bench_dirs, cores=cores
     )
@@ -419,8 +425,8 @@ def format_plan(stages: list[Stage]) -> str:
             f"  samples seen   {_n(s.samples_seen)}" + (" (all runs)" if s.runs > 1 else ""),
             f"  evaluations    {s.evaluations_per_run} per run × {_n(s.eval_images.n)} images ({s.eval_images.source})",
             f"  checkpoints    {_bytes(s.checkpoint_bytes)} kept on disk" + (" (all runs)" if s.runs > 1 else ""),
-            "  device-hours   "
-            + (f"{hours:,.1f} training (from {s.throughput[1]})" if hours is not None and s.throughput else
+            f"  {s.hours_unit:<15}"
+            + (f"{hours:,.1f} training (from {s.throughput.source})" if hours is not None and s.throughput else
                "no measurement for this model and precision under benchmarks/results"),
         ]  # fmt: skip
         lines += [f"  data path      {s.feed}"] if s.feed else []
@@ -429,8 +435,9 @@ def format_plan(stages: list[Stage]) -> str:
             sooner = " at most (early stopping ends hopeless runs sooner)" if s.stops_early else ""
             lines.append(f"  cleaning cost  {s.runs} runs × {s.epochs} epochs = {s.runs * s.epochs:,} epochs{sooner}")
         lines += [f"  WARNING {w}" for w in s.warnings]
+    units = {s.hours_unit for s in stages}
     lines.append(
-        f"== total: {total_hours:,.1f} device-hours of training"
+        f"== total: {total_hours:,.1f} {units.pop() if len(units) == 1 else 'device-hours'} of training"
         + (" (stages without a measurement not counted)" if unknown else "")
         + (f"; {cleaning_epochs:,} cleaning epochs" if cleaning_epochs else "")
     )
