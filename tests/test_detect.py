@@ -18,7 +18,8 @@ from clipbackdoor.attacks.manifest import load_manifest
 from clipbackdoor.cli import main
 from clipbackdoor.data.transforms import CLIP_MEAN, CLIP_STD, Normalize
 from clipbackdoor.detect import DetectSpec, detection_metrics
-from clipbackdoor.detect.run import embed
+from clipbackdoor.detect.batch_protocol import batches, score_batch
+from clipbackdoor.detect.run import embed, expected_poisons, image_keys
 from clipbackdoor.detect.scores import Neighbours, lid_mle, neighbour_scores, search
 from clipbackdoor.models import ClipBundle
 
@@ -35,6 +36,61 @@ def test_scores_match_their_definitions_on_a_hand_computed_case() -> None:
     lid0, lid1 = 2 / math.log(2), 2 / math.log(3)  # LID of reference 0 and 1 from (1, 2) and (1, 3)
     assert lid_mle(reference.distances)[:2] == pytest.approx([lid0, lid1])
     assert s["dao"][0] == pytest.approx(math.log(((4 / 2) ** lid0 + (4 / 3) ** lid1) / 2))  # ln DAO
+
+
+def test_lid_takes_its_own_k_and_the_other_scores_the_references_k() -> None:
+    reference = Neighbours(np.array([[1.0, 2.0], [1.0, 3.0]]), np.array([[1, 0], [0, 1]]))
+    query = Neighbours(np.array([[1.0, 2.0, 4.0, 8.0]]), np.array([[0, 1, 0, 1]]))
+    s = neighbour_scores(query, reference, ("kdist", "lid"), lid_k=4)
+    assert s["kdist"][0] == 2.0  # k = 2, the reference's width
+    assert s["lid"][0] == pytest.approx(lid_mle(query.distances)[0])  # all 4
+    assert neighbour_scores(query, reference, ("lid",))["lid"][0] == pytest.approx(lid_mle(query.distances[:, :2])[0])
+
+
+def test_distances_are_exact_for_near_duplicates_where_float32_similarity_says_zero() -> None:
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(40, 64)).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    twin = points[0] + np.float32(2e-4) * points[1]  # 1 - cos ≈ 2e-8, under float32's resolution
+    reference = np.vstack([points, twin[None]])
+    found = search(reference, points[:1], 3, np.array([0]), np.arange(41))
+    unit = twin.astype(np.float64) / np.linalg.norm(twin.astype(np.float64))
+    exact = np.linalg.norm(points[0].astype(np.float64) - unit)
+    assert found.indices[0, 0] == 40 and found.distances[0, 0] == pytest.approx(exact, rel=1e-6)
+    similarity = np.float32(points[0] @ (twin / np.linalg.norm(twin)))  # what a float32 search computes
+    from_similarity = np.sqrt(max(2.0 - 2.0 * float(similarity), 0.0))
+    assert abs(from_similarity - exact) > 0.5 * exact  # 0, or off by more than half
+
+
+def test_the_papers_batch_protocol_on_a_hand_case() -> None:
+    """Neighbours among the batch's images and captions, the image's own caption (its nearest point here) left
+    out; the neighbours' own k-distances from the whole batch; the cosine negated."""
+    images = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    texts = np.array([[0.0, 0.1], [0.0, 10.0], [0.0, 20.0]])
+    s = score_batch(images, texts, ("kdist", "slof", "cosine"), k=2, lid_k=2, seed=0)
+    assert s["kdist"][0] == pytest.approx(3.0)  # images 1 and 2 at 1 and 3; its caption at 0.1 does not count
+    assert s["kdist"][1] == pytest.approx(math.hypot(1, 0.1))  # image 0 at 1, caption 0 at 1.005
+    kdist_1, kdist_2 = math.hypot(1, 0.1), 3.0  # image 1's and image 2's 2nd nearest in the whole batch
+    assert s["slof"][0] == pytest.approx(3.0 * (1 / kdist_1 + 1 / kdist_2) / 2)
+    cos = (images * texts).sum(1) / np.maximum(np.linalg.norm(images, axis=1) * np.linalg.norm(texts, axis=1), 1e-12)
+    assert s["cosine"] == pytest.approx(-cos)
+    parts = batches(1000, 300, seed=0)
+    assert len(parts) == 3 and {len(p) for p in parts} <= {333, 334} and len(np.unique(np.concatenate(parts))) == 1000
+
+
+def test_expected_poisons_in_the_reference_and_the_warning_past_k() -> None:
+    spec = DetectSpec(Path("d"))
+    assert spec.k == 16 and spec.lid_k == 64  # the paper's script
+    many = expected_poisons(spec, 0.03, 60_000, 10_000)
+    assert many["expected_poisons"] == pytest.approx(300) and "more than k=16" in many["warning"]
+    few = expected_poisons(spec, 0.03, 60_000, 500)
+    assert few["expected_poisons"] == pytest.approx(15) and "warning" not in few
+    given = expected_poisons(DetectSpec(Path("d"), poison_rate=0.001), 0.03, 60_000, 10_000)
+    assert given["expected_poisons"] == pytest.approx(10)
+    clean = expected_poisons(DetectSpec(Path("d"), reference=Path("clean.csv")), 0.03, 60_000, 3000)
+    assert clean["protocol"] == "clean-reference" and clean["expected_poisons"] == 0
+    with pytest.raises(ValueError, match="belong to our protocol"):
+        DetectSpec(Path("d"), protocol="paper", text=True)
 
 
 def test_search_finds_the_exact_neighbours_and_leaves_a_query_out_of_its_own() -> None:
@@ -113,3 +169,25 @@ def test_detect_cli_scores_a_poisoned_run(poisoned: Path, tmp_path: Path) -> Non
     assert set(record["detection"]["detectors"]) == {"cosine", *expected}
     assert all(0 <= m["auroc"] <= 1 for m in record["detection"]["detectors"].values())
     assert record["search"]["image"]["reference_size"] == 256 and record["search"]["image"]["index"] == "exact"
+    assert record["protocol"] == "ours" and record["reference"]["expected_poisons"] == pytest.approx(48)
+
+    # the paper's protocol: 4 batches of 64 pairs, images only, on the embeddings already written
+    assert main(["detect", str(poisoned), "--data", str(data), "-k", "8", "--lid-k", "16", "--protocol", "paper",
+                 "--batch-reference", "64", "--out", str(out)]) == 0  # fmt: skip
+    record = json.loads((out / "metrics.json").read_text())
+    assert set(record["detection"]["detectors"]) == {
+        "cosine",
+        *(f"image_{d}" for d in ("kdist", "lid", "slof", "dao", "isolation_forest")),
+    }
+    assert record["protocol"] == "paper" and record["reference"]["pairs"] == 63
+    assert record["reference"]["expected_poisons"] == pytest.approx(48 / 256 * 63) and "warning" in record["reference"]
+
+    # a clean reference: the cleaning set's pairs are training pairs too, matched by their image file
+    cleaning = data / "cleaning.csv"
+    assert main(["detect", str(poisoned), "--data", str(data), "-k", "8", "--lid-k", "16", "--reference",
+                 str(cleaning), "--out", str(out)]) == 0  # fmt: skip
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["protocol"] == "clean-reference" and record["reference"]["pairs"] == 64
+    codes: dict[str, int] = {}
+    train_keys = image_keys(data / "train.csv", np.arange(256), codes)
+    assert len(set(image_keys(cleaning, np.arange(64), codes)) & set(train_keys)) == 64

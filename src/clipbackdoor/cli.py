@@ -212,11 +212,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
     _, bundle, device, weights, _ = load_checkpoint_model(args.checkpoint, None, [])
     spec = DetectSpec(
         Path(args.data), tuple(args.detectors.split(",")), args.k, args.reference_size, args.text, args.seed,
-        args.batch_size, args.workers, args.chunk_rows, args.ivf_lists, args.nprobe,
+        args.batch_size, args.workers, args.chunk_rows, args.ivf_lists, args.nprobe, args.lid_k, args.protocol,
+        args.batch_reference, Path(args.reference) if args.reference else None, args.poison_rate,
     )  # fmt: skip
     out = Path(args.out) if args.out else weights.parent.parent / "detect" / Path(args.data).resolve().name
     record = detect(bundle, spec, out, device)
     print(f"scores of {record['pairs']:,} pairs -> {out / 'scores.parquet'}")
+    ref = record["reference"]
+    expected = f", {ref['expected_poisons']:.1f} poisons expected in it" if "expected_poisons" in ref else ""
+    print(f"protocol {ref['protocol']}: reference {ref['pairs']:,} pairs{expected}; k={ref['k']}, LID {ref['lid_k']}")
+    if "warning" in ref:
+        print(f"WARNING {ref['warning']}")
     for name, m in record.get("detection", {}).get("detectors", {}).items():
         print(f"  {name:26s} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}  "
               f"recall at the poison rate {m['recall_at_poison_rate']:.3f}")  # fmt: skip
@@ -349,9 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="the model whose embeddings are scored: a run directory or checkpoint")
     p.add_argument("--data", required=True, help="a CSV of pairs, or a folder written by poison (with its manifest)")
     p.add_argument("--detectors", default="kdist,lid,slof,dao,isolation_forest,cosine", help="comma-separated")
-    p.add_argument("-k", type=int, default=32, help="neighbours per score (default 32, as Huang et al. 2025)")
-    p.add_argument("--reference-size", type=int, default=10_000, help="pairs drawn as the neighbourhood set")
-    p.add_argument("--text", action="store_true", help="also score the caption embeddings")
+    p.add_argument("-k", type=int, default=16, help="neighbours of k-distance, SLOF, DAO (16: the paper's script)")
+    p.add_argument("--lid-k", type=int, default=64, help="neighbours of LID (64: the paper's script)")
+    p.add_argument(
+        "--protocol", choices=["ours", "paper"], default="ours",
+        help="ours: a sample of --reference-size pairs, per modality, normalised; paper: each image against the "
+        "images and captions of its batch of --batch-reference pairs, raw embeddings (Huang et al. 2025)",
+    )  # fmt: skip
+    p.add_argument("--reference-size", type=int, default=10_000, help="ours: pairs drawn as the neighbourhood set")
+    p.add_argument("--batch-reference", type=int, default=2048, help="paper: pairs per batch")
+    p.add_argument("--reference", help="a CSV of pairs assumed clean (e.g. poison's cleaning.csv) as the reference")
+    p.add_argument("--poison-rate", type=float, help="for the poisons expected in the reference (default: manifest's)")
+    p.add_argument("--text", action="store_true", help="ours: also score the caption embeddings")
     p.add_argument("--seed", type=int, default=0, help="draws the reference set")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the embedding pass")

@@ -2,13 +2,16 @@
 
 Backdoor samples sit in sparse neighbourhoods of a poisoned CLIP model's embedding space: the trigger pulls
 every poisoned image to one tight spot away from the clean data, and that spot holds few reference points.
-Each score is higher for a more likely poison. Distances are Euclidean between L2-normalised embeddings
-(a monotone function of the cosine distance). With ``d_1 <= ... <= d_k`` the distances of x to its k
-nearest reference points N_k(x) (x itself excluded when it is one of them):
+Each score is higher for a more likely poison. Distances are Euclidean (between L2-normalised embeddings in
+our protocol, a monotone function of the cosine distance; between raw ones in the paper's, see
+:mod:`clipbackdoor.detect.batch_protocol`), recomputed in float64 from the vectors for the neighbours found
+(:func:`exact_distances`). With ``d_1 <= ... <= d_k`` the distances of x to its k nearest reference points
+N_k(x) (x itself excluded when it is one of them):
 
 - ``kdist``: d_k, the k-distance.
 - ``lid``: the maximum-likelihood local intrinsic dimensionality (Levina & Bickel 2004; Amsaleg et al.
-  2015), LID(x) = -[(1/k) Σ_i ln(d_i / d_k)]^-1.
+  2015), LID(x) = -[(1/k) Σ_i ln(d_i / d_k)]^-1, over its own ``lid_k`` nearest (64 in the paper's script,
+  extract_bd_scores.py, where k-distance, SLOF and DAO take k = 16).
 - ``slof``: simplified LOF (Schubert, Zimek & Kriegel 2014), the mean over o in N_k(x) of dens(o)/dens(x)
   with dens = 1/k-distance: d_k(x) · mean_o 1/d_k(o).
 - ``dao``: dimensionality-aware outlier score (Anderberg, Bailey, Campello, Houle, Marques, Radovanović &
@@ -30,6 +33,7 @@ import numpy as np
 
 NEIGHBOUR_SCORES = ("kdist", "lid", "slof", "dao")
 EPS = 1e-12
+EXACT_BLOCK = 1 << 24  # float64 elements gathered at once to recompute distances (128 MB)
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,16 @@ def search(
     reference_ids: np.ndarray | None = None,
     index: object | None = None,
 ) -> Neighbours:
-    """The k nearest reference points of each query, a query's own entry excluded (matched by id).
+    """The k nearest reference points of each query, a query's own entry excluded (matched by id), at
+    distances recomputed exactly from the normalised vectors (faiss's float32 similarities round the distance
+    of near-duplicates to 0, which LID and DAO divide by).
 
     ``index``: a faiss index already holding ``reference`` (from :func:`build_index`); exact by default.
     """
     if len(reference) <= k:
         raise ValueError(f"the reference set has {len(reference)} points; k={k} needs at least {k + 1}")
     index = index if index is not None else build_index(reference)
-    sims, found = index.search(normalized(queries), k + 1)  # one spare, for the query itself
+    _, found = index.search(normalized(queries), k + 1)  # one spare, for the query itself
     found = found.astype(np.int64)
     keep = np.ones_like(found, dtype=bool)
     if query_ids is not None and reference_ids is not None:
@@ -72,9 +78,27 @@ def search(
     # the first k kept per row (a row without a self-match drops its (k+1)-th neighbour)
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     rows = np.arange(len(found))[:, None]
-    sims, found = sims[rows, order].astype(np.float64), found[rows, order]
-    distances = np.sqrt(np.maximum(2.0 - 2.0 * sims, 0.0))  # |a - b| for unit vectors
-    return Neighbours(distances, found)
+    found = found[rows, order]
+    distances = exact_distances(queries, reference, found, unit=True)
+    resort = np.argsort(distances, axis=1, kind="stable")  # the float32 order may swap near-ties
+    return Neighbours(distances[rows, resort], found[rows, resort])
+
+
+def exact_distances(queries: np.ndarray, reference: np.ndarray, indices: np.ndarray, unit: bool) -> np.ndarray:
+    """|q - r| in float64 for each query row and its reference rows ``indices`` [n, k] (with ``unit``, of the
+    rows normalised in float64), from the differences (not from 2 - 2·similarity, whose cancellation loses
+    near-duplicates), a block of queries at a time."""
+
+    def rows(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS) if unit else x
+
+    out = np.empty(indices.shape, dtype=np.float64)
+    step = max(1, EXACT_BLOCK // max(1, indices.shape[1] * queries.shape[1]))
+    for s in range(0, len(queries), step):
+        q = rows(queries[s : s + step])[:, None, :]
+        out[s : s + step] = np.linalg.norm(q - rows(reference[indices[s : s + step]]), axis=2)
+    return out
 
 
 def build_index(reference: np.ndarray, ivf_lists: int | None = None, nprobe: int = 16) -> object:
@@ -103,31 +127,38 @@ def lid_mle(distances: np.ndarray) -> np.ndarray:
     return -1.0 / np.minimum(logs, -EPS)
 
 
-def neighbour_scores(query: Neighbours, reference: Neighbours, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The named scores of the queries; ``reference`` holds every reference point's own neighbours (for its
-    k-distance and LID)."""
-    kdist_q = np.maximum(query.distances[:, -1], EPS)
+def neighbour_scores(
+    query: Neighbours, reference: Neighbours, names: tuple[str, ...], lid_k: int | None = None
+) -> dict[str, np.ndarray]:
+    """The named scores of the queries; ``reference`` holds every reference point's own k nearest neighbours
+    (for its k-distance and LID), and k is its width. ``query`` holds at least k neighbours, and at least
+    ``lid_k`` (default k) for ``lid``, which alone uses more than k."""
+    k, lid_k = reference.distances.shape[1], lid_k or reference.distances.shape[1]
+    assert query.distances.shape[1] >= max(k, lid_k), "fewer query neighbours than k or lid_k"
+    near, near_at = query.distances[:, :k], query.indices[:, :k]
+    kdist_q = np.maximum(near[:, -1], EPS)
     kdist_ref = np.maximum(reference.distances[:, -1], EPS)
     out: dict[str, np.ndarray] = {}
     if "kdist" in names:
         out["kdist"] = kdist_q
     if "lid" in names:
-        out["lid"] = lid_mle(query.distances)
+        out["lid"] = lid_mle(query.distances[:, :lid_k])
     if "slof" in names:
-        out["slof"] = kdist_q * (1.0 / kdist_ref[query.indices]).mean(axis=1)
+        out["slof"] = kdist_q * (1.0 / kdist_ref[near_at]).mean(axis=1)
     if "dao" in names:
-        from scipy.special import logsumexp
+        from scipy.special import logsumexp  # the detect extra
 
         lid_ref = lid_mle(reference.distances)
-        exponents = lid_ref[query.indices] * np.log(kdist_q[:, None] / kdist_ref[query.indices])
-        k = exponents.shape[1]
+        exponents = lid_ref[near_at] * np.log(kdist_q[:, None] / kdist_ref[near_at])
         out["dao"] = logsumexp(exponents, axis=1) - np.log(k)  # ln of the mean of the powers
     return out
 
 
 def isolation_forest(reference: np.ndarray, queries: np.ndarray, seed: int) -> np.ndarray:
-    """scikit-learn's isolation forest fitted on the reference set; higher = shorter paths = more anomalous."""
+    """scikit-learn's isolation forest (100 trees) fitted on the reference set, as given (normalise first
+    for our protocol; the paper's fits raw features); higher = shorter paths = more anomalous (its
+    ``score_samples`` negated, as the paper's process_detection_scores.py does)."""
     from sklearn.ensemble import IsolationForest
 
-    forest = IsolationForest(random_state=seed).fit(normalized(reference))
-    return -forest.score_samples(normalized(queries)).astype(np.float64)
+    forest = IsolationForest(n_estimators=100, random_state=seed).fit(reference)
+    return -forest.score_samples(queries).astype(np.float64)

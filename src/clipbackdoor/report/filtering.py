@@ -12,16 +12,29 @@ from pathlib import Path
 from clipbackdoor.report.tables import Table
 
 
+def protocol(reference: dict | None) -> str:
+    """A row's protocol, its reference and k, and the poisons expected in the reference (a filter.json written
+    before protocols were recorded says "-")."""
+    if not reference:
+        return "-"
+    expected = f", {reference['expected_poisons']:.0f} poisons expected" if "expected_poisons" in reference else ""
+    over = " (> k)" if "warning" in reference else ""
+    k = f"k {reference['k']}, LID {reference['lid_k']}"
+    return f"{reference['protocol']}: {reference['pairs']:,} pairs{expected}{over}; {k}"
+
+
 def detection_table(index: Path) -> Table:
-    """AUROC (and, after a slash, the recall at the poison rate) of every score column, per objective."""
+    """AUROC (and, after a slash, the recall at the poison rate) of every score column, per objective, with the
+    protocol that scored it."""
     entries = json.loads(index.read_text())
     columns = list(dict.fromkeys(c for e in entries for c in e["detection"]))
     rows = [
-        [e["objective"], *(f"{e['detection'][c]['auroc']:.3f} / {e['detection'][c]['recall_at_poison_rate']:.2f}"
-                           if c in e["detection"] else "-" for c in columns)]
+        [e["objective"], protocol(e.get("reference")),
+         *(f"{e['detection'][c]['auroc']:.3f} / {e['detection'][c]['recall_at_poison_rate']:.2f}"
+           if c in e["detection"] else "-" for c in columns)]
         for e in entries
     ]  # fmt: skip
-    return Table(["pre-training", *columns], rows)
+    return Table(["pre-training", "protocol (reference; k)", *columns], rows)
 
 
 def filter_table(index: Path) -> Table:

@@ -32,7 +32,8 @@ class FilterSpec(BaseModel):
     detectors: list[str] = Field(default_factory=lambda: list(DETECTORS), description="scored, for the AUROC table")
     by: str = Field("image_dao", description="the score column whose top pairs are dropped (image_dao, text_slof...)")
     drop_percent: float = Field(gt=0, lt=100, description="share of the pairs dropped, highest scores first")
-    k: int = Field(32, ge=1, description="neighbours per score")
+    k: int = Field(16, ge=1, description="neighbours of k-distance, SLOF and DAO (the paper's script: 16)")
+    lid_k: int = Field(64, ge=2, description="neighbours of LID (the paper's script: 64)")
     reference_size: int = Field(10_000, ge=2, description="pairs drawn as the neighbourhood set")
     text: bool = Field(True, description="also score the caption embeddings")
 

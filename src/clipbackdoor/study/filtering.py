@@ -68,7 +68,9 @@ def run_filtering(cfg: StudyConfig, log: Any = print) -> Path:
         else:
             log(f"== detection {tag}: {', '.join(spec.detectors)} on {data / 'train.csv'} -> {out}")
             _, bundle, device, _, _ = load_checkpoint_model(run_dir)
-            detect_spec = DetectSpec(data, tuple(spec.detectors), spec.k, spec.reference_size, spec.text)
+            detect_spec = DetectSpec(
+                data, tuple(spec.detectors), spec.k, spec.reference_size, spec.text, lid_k=spec.lid_k
+            )
             record = detect(bundle, detect_spec, out, device)
         filtered_csv = data / f"train-filtered-{tag}.csv"
         kept = write_filtered(data / "train.csv", out / "scores.parquet", spec.by, spec.drop_percent, filtered_csv)
@@ -82,6 +84,7 @@ def run_filtering(cfg: StudyConfig, log: Any = print) -> Path:
             "drop_percent": spec.drop_percent, "scored": kept["scored"], "dropped": len(kept["dropped"]),
             "poisons": len(poisons), "poisons_dropped": dropped_poisons,
             "detection": record["detection"]["detectors"], "detect_seconds": record["seconds"],
+            "reference": record["reference"],
             "poisoned": {"ca": poisoned["eval/clean_top1"], "asr": poisoned["eval/asr_top1"]},
             "filtered": {"ca": last["eval/clean_top1"], "asr": last["eval/asr_top1"], "epoch": last["epoch"],
                          "run_dir": str(retrain.run_dir), "pairs": kept["kept"], "epochs": retrain.train.epochs},
