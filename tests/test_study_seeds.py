@@ -9,7 +9,8 @@ from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError
 from clipbackdoor.report.seeds import spread
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study.config import load_study_config
+from clipbackdoor.study.config import load_study_config, only_pretrainings
+from clipbackdoor.study.plan import plan_study
 
 from .test_study_launch import write_study
 
@@ -17,6 +18,17 @@ from .test_study_launch import write_study
 def test_spread_is_mean_and_sample_standard_deviation() -> None:
     assert spread([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
     assert spread([4.0]) == "4.00"
+
+
+def test_only_keeps_the_named_pretrainings_and_their_seeds_and_nothing_after() -> None:
+    cfg = only_pretrainings(load_study_config("configs/study-fmnist.yaml"), ["roclip", "safeclip"])
+    assert list(cfg.pretrain) == ["roclip", "safeclip"] and cfg.defenses == {} and cfg.filter is None
+    assert cfg.seeded_pretrain == ["roclip", "safeclip"] and cfg.seeds is not None and cfg.seeds.defenses == []
+    names = [s.name for s in plan_study(cfg)]
+    seeded = [f"pre-train {tag}-seed{seed}" for tag in ("roclip", "safeclip") for seed in (1, 2)]
+    assert names == ["pre-train roclip", "pre-train safeclip", *seeded]
+    with pytest.raises(ConfigError, match=r"--only \['nope'\] are not among"):
+        only_pretrainings(cfg, ["nope"])
 
 
 def test_seed_defenses_must_be_the_study_s(tmp_path: Path) -> None:
