@@ -170,6 +170,7 @@ def test_detect_cli_scores_a_poisoned_run(poisoned: Path, tmp_path: Path) -> Non
     assert all(0 <= m["auroc"] <= 1 for m in record["detection"]["detectors"].values())
     assert record["search"]["image"]["reference_size"] == 256 and record["search"]["image"]["index"] == "exact"
     assert record["protocol"] == "ours" and record["reference"]["expected_poisons"] == pytest.approx(48)
+    assert record["reference"]["poisons_in_reference"] == 48  # the sample is every pair here
 
     # the paper's protocol: 4 batches of 64 pairs, images only, on the embeddings already written
     assert main(["detect", str(poisoned), "--data", str(data), "-k", "8", "--lid-k", "16", "--protocol", "paper",
@@ -181,6 +182,8 @@ def test_detect_cli_scores_a_poisoned_run(poisoned: Path, tmp_path: Path) -> Non
     }
     assert record["protocol"] == "paper" and record["reference"]["pairs"] == 63
     assert record["reference"]["expected_poisons"] == pytest.approx(48 / 256 * 63) and "warning" in record["reference"]
+    low, median, high = record["reference"]["poisons_in_batches"]
+    assert low <= median <= high and low * 4 <= 48 <= high * 4
 
     # a clean reference: the cleaning set's pairs are training pairs too, matched by their image file
     cleaning = data / "cleaning.csv"

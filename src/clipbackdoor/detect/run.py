@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Subset
 from clipbackdoor.attacks.manifest import Manifest, load_manifest
 from clipbackdoor.config import CsvPairs
 from clipbackdoor.data import build_pair_dataset, build_pair_rows, collate_skipping_bad
-from clipbackdoor.detect.batch_protocol import paper_scores
+from clipbackdoor.detect.batch_protocol import batches, paper_scores
 from clipbackdoor.detect.scores import (
     NEIGHBOUR_SCORES,
     build_index,
@@ -255,6 +255,51 @@ def expected_poisons(spec: DetectSpec, rate: float | None, pairs: int, reference
     return facts
 
 
+def paper_columns(
+    images: np.ndarray, texts: np.ndarray, ids: np.ndarray, spec: DetectSpec, poisons: list[int] | None
+) -> tuple[dict[str, np.ndarray], int, dict[str, Any]]:
+    """The paper protocol's score columns, the pairs an image is scored against, and (with the manifest) how
+    many poisons its batches actually held: min, median, max."""
+    scores = paper_scores(images, texts, spec.detectors, spec.k, spec.lid_k, spec.batch_reference, spec.seed)
+    columns = {("cosine" if n == "cosine" else f"image_{n}"): v for n, v in scores.items()}
+    parts = batches(len(ids), spec.batch_reference, spec.seed)
+    found = {}
+    if poisons is not None:
+        held = [int(np.isin(ids[at], poisons).sum()) for at in parts]
+        found["poisons_in_batches"] = [min(held), float(np.median(held)), max(held)]
+    return columns, round(len(ids) / len(parts)) - 1, found  # the other pairs of an image's batch
+
+
+def our_columns(
+    bundle: ClipBundle, csv_path: Path, loaded: tuple[np.ndarray, np.ndarray, np.ndarray], spec: DetectSpec,
+    out: Path, device: torch.device, poisons: list[int] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Our protocol's (or the clean reference's) score columns per modality, the search facts, and (with the
+    manifest, for a sampled reference) how many poisons the reference actually holds."""
+    ids, images, texts = loaded
+    modalities = {"image": images, **({"text": texts} if spec.text else {})}
+    columns: dict[str, np.ndarray] = {}
+    facts: dict[str, Any] = {}
+    found: dict[str, Any] = {}
+    if spec.reference is not None:  # clean reference: its own embeddings, matched to the data by image file
+        ref_ids, ref_images, ref_texts, _ = embed(bundle, spec.reference, out / "reference", spec, device)
+        codes: dict[str, int] = {}
+        keys, ref_keys = image_keys(csv_path, ids, codes), image_keys(spec.reference, ref_ids, codes)
+        given = {"image": ref_images, "text": ref_texts}
+    for modality, embeddings in modalities.items():
+        if spec.reference is None:
+            pool = sample_reference(embeddings, ids, spec)
+            scores, facts[modality] = score_modality(embeddings, ids, spec, pool)
+            if poisons is not None:
+                found["poisons_in_reference"] = int(np.isin(pool[1], poisons).sum())
+        else:
+            scores, facts[modality] = score_modality(embeddings, keys, spec, (given[modality], ref_keys))
+        columns.update({f"{modality}_{name}": v for name, v in scores.items()})
+    if "cosine" in spec.detectors:  # a backdoored model matches its poisons to their captions unusually well
+        columns["cosine"] = np.einsum("ij,ij->i", normalized(images), normalized(texts)).astype(np.float64)
+    return columns, facts, found
+
+
 def detect(bundle: ClipBundle, spec: DetectSpec, out: Path, device: torch.device) -> dict[str, Any]:
     """Embed, score and (with a manifest) evaluate; writes ``scores.parquet`` and ``metrics.json`` in ``out``."""
     import pyarrow as pa
@@ -264,32 +309,17 @@ def detect(bundle: ClipBundle, spec: DetectSpec, out: Path, device: torch.device
     started = time.perf_counter()
     ids, images, texts, skipped = embed(bundle, csv_path, out, spec, device)
     embedded = time.perf_counter()
-    columns: dict[str, np.ndarray] = {"id": ids}
     facts: dict[str, Any] = {}
-    rate = len(poisons) / len(ids) if poisons is not None else None
     if spec.protocol == "paper":
-        scores = paper_scores(images, texts, spec.detectors, spec.k, spec.lid_k, spec.batch_reference, spec.seed)
-        columns.update({("cosine" if n == "cosine" else f"image_{n}"): v for n, v in scores.items()})
-        batch = round(len(ids) / max(1, round(len(ids) / spec.batch_reference)))
-        reference = expected_poisons(spec, rate, len(ids), batch - 1)  # the other pairs of an image's batch
+        scores, reference_pairs, found = paper_columns(images, texts, ids, spec, poisons)
     else:
-        modalities = {"image": images, **({"text": texts} if spec.text else {})}
-        given = None
-        if spec.reference is not None:  # clean reference: its own embeddings, matched to the data by image file
-            ref_ids, ref_images, ref_texts, _ = embed(bundle, spec.reference, out / "reference", spec, device)
-            codes: dict[str, int] = {}
-            keys, ref_keys = image_keys(csv_path, ids, codes), image_keys(spec.reference, ref_ids, codes)
-            given = {"image": ref_images, "text": ref_texts}
-        for modality, embeddings in modalities.items():
-            if given is None:
-                pool = sample_reference(embeddings, ids, spec)
-                scores, facts[modality] = score_modality(embeddings, ids, spec, pool)
-            else:
-                scores, facts[modality] = score_modality(embeddings, keys, spec, (given[modality], ref_keys))
-            columns.update({f"{modality}_{name}": v for name, v in scores.items()})
-        if "cosine" in spec.detectors:  # a backdoored model matches its poisons to their captions unusually well
-            columns["cosine"] = np.einsum("ij,ij->i", normalized(images), normalized(texts)).astype(np.float64)
-        reference = expected_poisons(spec, rate, len(ids), facts["image"]["reference_size"])
+        scores, facts, found = our_columns(bundle, csv_path, (ids, images, texts), spec, out, device, poisons)
+        reference_pairs = facts["image"]["reference_size"]
+    columns = {"id": ids, **scores}
+    rate = len(poisons) / len(ids) if poisons is not None else None
+    reference = {**expected_poisons(spec, rate, len(ids), reference_pairs), **found}
+    if spec.reference is not None:
+        reference["data"] = str(spec.reference)
     scored = time.perf_counter()
     pq.write_table(pa.table(columns), out / "scores.parquet")
     record: dict[str, Any] = {
@@ -297,9 +327,7 @@ def detect(bundle: ClipBundle, spec: DetectSpec, out: Path, device: torch.device
         "seed": spec.seed, "reference": reference, "search": facts,
         "seconds": {"embed": embedded - started, "score": scored - embedded}, "skipped_rows": skipped,
     }  # fmt: skip
-    if spec.reference is not None:
-        record["reference"]["data"] = str(spec.reference)
     if poisons is not None:
-        record["detection"] = detection_metrics({k: v for k, v in columns.items() if k != "id"}, ids, poisons)
+        record["detection"] = detection_metrics({k: v for k, v in scores.items()}, ids, poisons)
     (out / "metrics.json").write_text(json.dumps(record, indent=1))
     return record
