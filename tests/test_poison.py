@@ -102,6 +102,9 @@ def test_rerun_reuses_and_a_different_config_is_refused(fmnist_root: Path, tmp_p
     assert write_poisoned_dataset(cfg, progress=False) == first
     with pytest.raises(DataError, match="different poisoned dataset"):
         write_poisoned_dataset(_cfg(fmnist_root, tmp_path / "p", num_poisons=3), progress=False)
+    saved = tmp_path / "p" / "poison.yaml"  # written before a trigger parameter existed (overflow, at its default)
+    saved.write_text(saved.read_text().replace("overflow: clip", ""))
+    assert "overflow" not in saved.read_text() and write_poisoned_dataset(cfg, progress=False) == first
 
 
 def test_cleaning_set_with_and_without_poisons(fmnist_root: Path, tmp_path: Path) -> None:

@@ -143,3 +143,22 @@ def test_the_passes_and_the_learning_rate_of_every_step_and_a_resume_that_keeps_
     assert [{k: v for k, v in r.items() if k not in timing} for r in again] == [
         {k: v for k, v in r.items() if k not in timing} for r in records
     ]
+
+
+def test_the_report_shows_the_split_diagnostic_of_every_run_and_seed(tmp_path: Path) -> None:
+    from clipbackdoor.report.pretraining import safe_set_table
+
+    def run(name: str, records: list[dict]) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return tmp_path / name
+
+    split = {"kind": "epoch", "epoch": 3, "safeclip/safe_share": 0.08, "safeclip/poison_safe_share": 0.0,
+             "safeclip/clean_safe_share": 0.083}  # fmt: skip
+    mmcl = run("mmcl", [{"kind": "epoch", "epoch": 1}])
+    safeclip = run("safeclip", [{"kind": "epoch", "epoch": 2}, split])
+    run("safeclip-seed1", [{**split, "safeclip/poison_safe_share": 0.02}])
+    table = safe_set_table([mmcl, safeclip])
+    assert table is not None and [row[:2] for row in table.rows] == [["safeclip", "3"], ["safeclip-seed1", "3"]]
+    assert table.rows[0][2:] == ["8.00", "0.00", "8.30"] and table.rows[1][3] == "2.00"
+    assert safe_set_table([mmcl]) is None

@@ -61,22 +61,21 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def _print_best_table(report: Path) -> None:
-    """The best-cleaned table of a report, as the report shows it."""
+    """The best-cleaned table of a report, as the report shows it (none in a report without sweeps)."""
     text = report.read_text()
+    if "## Best cleaned" not in text:
+        return
     start = text.index("## Best cleaned")
     print(text[start : text.index("\n## ", start + 1)].strip())
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from clipbackdoor.study.config import load_study_config, only_pretrainings
+    from clipbackdoor.study.config import load_study_config
     from clipbackdoor.study.run import run_study
 
     cfg = load_study_config(args.config, args.overrides)
-    if args.only:
-        cfg = only_pretrainings(cfg, args.only.split(","))
-    report = run_study(cfg, command=_command_line(args))
-    if cfg.defenses:
-        _print_best_table(report)
+    report = run_study(cfg, command=_command_line(args), only=args.only.split(",") if args.only else None)
+    _print_best_table(report)
     print(f"report: {report} and {report.with_suffix('.html')}")
     return 0
 

@@ -15,6 +15,7 @@ import csv
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -74,6 +75,13 @@ def target_templates(cfg: PoisonConfig) -> tuple[str, list[str]]:
     return chosen, list(TEMPLATE_SETS[chosen])
 
 
+def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
+    """A poison config with its trigger's every parameter written out: one saved before a parameter existed
+    (at its default now) describes the same dataset."""
+    trigger = tree.get("trigger")
+    return {**tree, "trigger": build_trigger(trigger).model_dump(mode="json")} if isinstance(trigger, dict) else tree
+
+
 def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest:
     """Write ``cfg.output``/{train.csv, images/, manifest.json, trigger.safetensors[, cleaning.csv]}.
 
@@ -82,7 +90,7 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
     out = Path(cfg.output)
     if (out / "manifest.json").exists():
         saved = read_yaml(out / "poison.yaml") if (out / "poison.yaml").is_file() else None
-        if saved != cfg.model_dump(mode="json"):
+        if saved is None or _comparable(saved) != _comparable(cfg.model_dump(mode="json")):
             raise DataError(f"{out} already holds a different poisoned dataset; choose another output or delete it")
         return load_manifest(out)[0]  # same config: the dataset on disk is what this call would write
     rows = build_pair_rows(cfg.source, cfg.seed)

@@ -29,7 +29,7 @@ from clipbackdoor.report.plots import (
     plot_pareto_fronts,
     plot_trajectories,
 )
-from clipbackdoor.report.pretraining import pretraining_table
+from clipbackdoor.report.pretraining import pretraining_table, safe_set_table
 from clipbackdoor.report.seeds import seed_table
 from clipbackdoor.report.tables import Table, format_value
 from clipbackdoor.sweep.config import load_sweep_config
@@ -176,15 +176,31 @@ def _sections(
          filter_table(filtering) if filtering is not None else None),
         ("Detection by the poisoned model: AUROC / recall at the poison rate of each score",
          detection_table(filtering) if filtering is not None else None),
-        ("Pre-trained on the poisoned data: CA / ASR / RA % after the last epoch, before any cleaning",
-         pretraining_table(pretrained, objective_label) if pretrained else None),
+        *_pretraining_sections(None, pretrained),
         ("Selected models", selected),
-        ("Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)",
-         seed_table(seeds) if seeds is not None else None),
+        *_pretraining_sections(seeds, None),
         ("Pareto sets", fronts),
         ("Sweeps", sweeps),
     ]  # fmt: skip
     return [(heading, table) for heading, table in sections if table is not None]
+
+
+def _pretraining_sections(seeds: Path | None, pretrained: list[Path] | None) -> list[tuple[str, Table | None]]:
+    """The pre-trained models' tables (with ``pretrained``) and the seeds' spread (with ``seeds``)."""
+    sections: list[tuple[str, Table | None]] = []
+    if pretrained:
+        sections += [
+            ("Pre-trained on the poisoned data: CA / ASR / RA % after the last epoch, before any cleaning",
+             pretraining_table(pretrained, objective_label)),
+            ("SafeCLIP's split: the manifest's poisons and clean pairs it kept in the safe set, per split epoch",
+             safe_set_table(pretrained)),
+        ]  # fmt: skip
+    if seeds is not None:
+        sections.append(
+            ("Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)",
+             seed_table(seeds))
+        )  # fmt: skip
+    return sections
 
 
 def _write_points(results: list[SweepResult], path: Path) -> None:
@@ -219,9 +235,13 @@ def build_report(
 
     ``seeds``: a study's seeds.json, for the table of mean ± spread over training seeds; ``filtering``: its
     filter.json, for the detection AUROCs and the "detect, filter, pre-train again" results; ``pretrained``: its
-    pre-training runs, for their CA / ASR / RA before any cleaning (robust pre-trainings are not cleaned)."""
+    pre-training runs, for their CA / ASR / RA before any cleaning (robust pre-trainings are not cleaned).
+    Without sweeps (``study --only``) the report holds the pre-training tables alone."""
     if not sweep_dirs:
-        raise ConfigError("no sweeps to report on")
+        if not pretrained:
+            raise ConfigError("no sweeps or pre-trainings to report on")
+        tables = [(h, t) for h, t in _pretraining_sections(seeds, pretrained) if t is not None]
+        return _write_report(out_dir, title, command, tables, {})
     results = [load_sweep(Path(d)) for d in sweep_dirs]
     _label_models(results)
     panels = _panels(results, asr_threshold)
@@ -247,20 +267,29 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_points(results, out_dir / "points.csv")
     tables = _sections(results, panels, asr_threshold, seeds, filtering, pretrained)
+    return _write_report(out_dir, title, command, tables, figures, points=True)
+
+
+def _write_report(
+    out_dir: Path, title: str, command: str | None, tables: list[tuple[str, Table]], figures: dict[str, Path],
+    points: bool = False,
+) -> Path:  # fmt: skip
+    """report.md and report.html (self-contained: figures embedded) from the tables and figures."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     made_by = f"Made by `{command}` on {stamp}." if command else f"Made on {stamp}."
     md = [f"# {title}", "", made_by, ""]
     for heading, table in tables:
         md += [f"## {heading}", "", table.markdown(), ""]
-    md += ["## Figures", ""]
+    md += ["## Figures", ""] if figures else []
     for caption, path in figures.items():
         md += [f"**{caption}**", "", f"![{caption}]({path.relative_to(out_dir)})", ""]
-    md += ["All points: [points.csv](points.csv)."]
+    md += ["All points: [points.csv](points.csv)."] if points else []
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(made_by)}</p>"]
     body += [f"<h2>{html.escape(h)}</h2>{t.html()}" for h, t in tables]
-    body += ["<h2>Figures</h2>"] + [f"<figure>{_embed(p)}<figcaption>{html.escape(c)}</figcaption></figure>"
-                                    for c, p in figures.items()]  # fmt: skip
+    body += ["<h2>Figures</h2>"] * bool(figures)
+    body += [f"<figure>{_embed(p)}<figcaption>{html.escape(c)}</figcaption></figure>" for c, p in figures.items()]
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"

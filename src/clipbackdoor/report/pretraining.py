@@ -27,3 +27,18 @@ def pretraining_table(runs: list[Path], label: Callable[[dict], str]) -> Table:
             f"{last['eval/clean_top1']:.2f}", f"{last['eval/asr_top1']:.2f}", "-" if ra is None else f"{ra:.2f}",
         ])  # fmt: skip
     return Table(["pre-training", "run", "epoch", "CA %", "ASR %", "RA %"], rows)
+
+
+def safe_set_table(runs: list[Path]) -> Table | None:
+    """SafeCLIP's own diagnostic, per split epoch of every run that made splits (its seeds' runs, the
+    ``<run>-seed<n>`` beside it, included): the shares of the manifest's poisons and of the clean pairs that
+    the split kept in the safe set. The method works when the first is far below the second. None when no run
+    split its data."""
+    rows = []
+    for run in [r for base in runs for r in (base, *sorted(base.parent.glob(f"{base.name}-seed*")))]:
+        for record in read_records(run / "metrics.jsonl"):
+            if record.get("kind") == "epoch" and "safeclip/poison_safe_share" in record:
+                shares = ("safe_share", "poison_safe_share", "clean_safe_share")
+                rows.append([run.name, str(record["epoch"]), *(f"{100 * record[f'safeclip/{s}']:.2f}" for s in shares)])
+    header = ["run", "epoch", "safe set, % of pairs", "poisons in it, % of poisons", "clean pairs in it, % of clean"]
+    return Table(header, rows) if rows else None

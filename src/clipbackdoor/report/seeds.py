@@ -48,13 +48,18 @@ def spread(values: list[float]) -> str:
 
 
 def seed_table(index: Path) -> Table:
-    """Mean ± spread of CA and ASR per pre-training objective and model, with every seed's own values."""
+    """Mean ± spread of CA and ASR per pre-training (objective, and its study tag where two share an
+    objective: RoCLIP and its control) and model, with every seed's own values."""
     runs = [SeedRun(**r) for r in json.loads(index.read_text())]
-    groups: dict[tuple[str, str, str], list[tuple[int, dict[str, Any]]]] = {}
+    groups: dict[tuple[str, str, str, str], list[tuple[int, dict[str, Any]]]] = {}
     for run in runs:
-        groups.setdefault((run.objective, run.model, run.setting), []).append((run.seed, _epoch_record(run)))
+        key = (run.pretrain, run.objective, run.model, run.setting)
+        groups.setdefault(key, []).append((run.seed, _epoch_record(run)))
+    shared = {o for o in {k[1] for k in groups} if len({k[0] for k in groups if k[1] == o}) > 1}
     rows = []
-    for (objective, model, setting), found in groups.items():
+    for (tag, objective, model, setting), found in groups.items():
+        if objective in shared:
+            objective = f"{objective} ({tag})"
         ca = [record["eval/clean_top1"] for _, record in found]
         asr = [record["eval/asr_top1"] for _, record in found]
         each = "; ".join(f"{seed}: {c:.2f} / {a:.2f}" for (seed, _), c, a in zip(found, ca, asr, strict=True))

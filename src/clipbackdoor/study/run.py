@@ -19,7 +19,7 @@ from clipbackdoor.attacks.poison import write_poisoned_dataset
 from clipbackdoor.config import ConfigError, save_config
 from clipbackdoor.report.build import build_report
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study.config import StudyConfig, stage_overrides, sweep_configs, trial_workers
+from clipbackdoor.study.config import StudyConfig, only_pretrainings, stage_overrides, sweep_configs, trial_workers
 from clipbackdoor.study.filtering import run_filtering
 from clipbackdoor.study.plan import format_plan, plan_study
 from clipbackdoor.study.pretraining import run_pretraining
@@ -29,14 +29,16 @@ from clipbackdoor.sweep.devices import device_slots, resolve_devices
 from clipbackdoor.sweep.scheduling import run_sweeps
 
 
-def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print) -> Path:
+def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print, only: list[str] | None = None) -> Path:
     """Run every stage that is not finished yet, writing ``progress.json`` as it goes; returns the report's
-    Markdown file."""
+    Markdown file. With ``only``, just the poisoning and those pre-trainings (and their seeds); the study's
+    directory still holds the whole study's config, for the full run and ``report`` later."""
+    save_config(cfg, cfg.study_dir / "study.yaml")
+    cfg = only_pretrainings(cfg, only) if only else cfg
     devices = resolve_devices(cfg.devices)
     device_slots(devices, cfg.devices_per_trial, trial_workers(cfg, devices))  # fail now, not after days
     stages = plan_study(cfg)
     log(format_plan(stages))
-    save_config(cfg, cfg.study_dir / "study.yaml")
     with ProgressWriter(cfg, stages, log) as progress:
         return _run_stages(cfg, command, progress.log_stage)
 

@@ -7,13 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from clipbackdoor.config import ConfigError, ExperimentConfig, read_yaml
+from clipbackdoor.resolve import validate_tree
 
 
 def check_same_config(cfg: ExperimentConfig, path: Path) -> None:
-    """A run directory belongs to one config: resuming with another one would mix two experiments."""
+    """A run directory belongs to one config: resuming with another one would mix two experiments. The saved
+    config is read as the current code reads configs, so a parameter added since (a trigger's ``overflow``) is
+    at its default on both sides, not a difference."""
     if not path.is_file():
         return
-    old = ExperimentConfig.model_validate(read_yaml(path)).model_dump(mode="json")
+    old = validate_tree(read_yaml(path), [], str(path)).model_dump(mode="json")
     new = cfg.model_dump(mode="json")
     for tree in (old, new):
         tree["train"].pop("progress")  # cosmetic; may differ between the two invocations
