@@ -119,3 +119,17 @@ def test_numbers_without_a_dot_are_numbers_in_files_and_overrides(tmp_path) -> N
     (tmp_path / "run.yaml").write_text("objective: {roclip: {weight: 1, pool_size: 1e3}}\nname: v1e3\n")
     from_file = load_config(tmp_path / "run.yaml")
     assert from_file.objective["roclip"]["pool_size"] == 1000 and from_file.name == "v1e3"
+
+
+def test_a_run_saved_before_a_parameter_existed_is_the_same_config(tmp_path: Path) -> None:
+    from clipbackdoor.config import save_config
+    from clipbackdoor.train.run_directory import check_same_config
+
+    cfg = load_config("demo")
+    save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "overflow: clip" in text
+    (tmp_path / "config.yaml").write_text(text.replace("overflow: clip", ""))  # as written before it existed
+    check_same_config(cfg, tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match=r"keys \['poison.trigger.overflow'\]"):
+        check_same_config(load_config("demo", ["poison.trigger.overflow=wrap"]), tmp_path / "config.yaml")
