@@ -32,6 +32,7 @@ class DataRate:
     per_core: float
     regime: str
     source: str
+    size: int  # the side the benchmark resized to (224): a rate for that output size only
 
 
 def loader_kind(cost: ObjectiveCost) -> str:
@@ -52,7 +53,7 @@ def find_data_rate(objective_kind: str, regime: str, decode: str, dirs: tuple[Pa
             rate = entry["decode_gpu"]["loader_per_core"] if decode == "gpu" else _ours(entry["csv"])
         except (OSError, json.JSONDecodeError, KeyError, TypeError):
             continue
-        return DataRate(float(rate), regime, str(path))
+        return DataRate(float(rate), regime, str(path), int(data.get("size", 224)))
     return None
 
 
@@ -104,11 +105,14 @@ def feed_report(
     throughput: Throughput | None,
     cores: int,
     dirs: tuple[Path, ...],
+    image_size: int,
 ) -> tuple[str | None, list[str]]:
     """A line for the plan and warnings: loader cores per process × rate per core for what the objective's
     loader makes (``cost``), against the measured training rate per device (``throughput``); nothing for
     in-memory data (Fashion-MNIST). A rate measured on the CPU is spoken of as the CPU's: there the loader and
-    training share the cores, and no GPU waits."""
+    training share the cores, and no GPU waits. A rate measured at another output size than the model's
+    ``image_size`` (the benchmark's 224 px for a 32 px model) is shown, not compared: resizing, cropping and the
+    views cost with the output's pixels."""
     if isinstance(cfg.data.train, FashionMNISTPairs):
         return None, []
     kind = loader_kind(cost)
@@ -129,7 +133,9 @@ def feed_report(
         f"{usable} loader core(s) per process × {rate.per_core:,.0f}/s per core ({kind}, {regime} JPEGs: {why}; "
         f"data.decode={cfg.data.decode}) = {feed:,.0f}/s"
     )
-    if throughput is not None:
+    if rate.size != image_size:
+        line += f", measured at {rate.size} px: not compared with training at {image_size} px"
+    elif throughput is not None:
         device_rate, device = throughput.rate, "the CPU" if throughput.on_cpu else "the device"
         line += f" against {device_rate:,.0f}/s {device} trains at"
         needed = -(-device_rate // rate.per_core)

@@ -264,7 +264,7 @@ def plan_stage(
         [*(warnings or []), *checkpoint_warnings(cfg.model)], cost=cost,
     )  # fmt: skip
     node_cores = cores or os.cpu_count() or 1
-    stage.feed, feed_warnings = feed_report(cfg, cost, processes, stage.throughput, node_cores, bench_dirs)
+    stage.feed, feed_warnings = feed_report(cfg, cost, processes, stage.throughput, node_cores, bench_dirs, image_size)
     stage.warnings += feed_warnings
     if stage.total_steps and cfg.train.warmup_steps > WARMUP_WARN_SHARE * stage.total_steps:
         stage.warnings.append(
