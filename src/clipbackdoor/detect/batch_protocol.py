@@ -71,11 +71,13 @@ def score_batch(
 
 
 def paper_scores(
-    images: np.ndarray, texts: np.ndarray, names: tuple[str, ...], k: int, lid_k: int, batch: int, seed: int
-) -> dict[str, np.ndarray]:
-    """Every image's scores under the paper's protocol, in the rows' order."""
+    images: np.ndarray, texts: np.ndarray, names: tuple[str, ...], k: int, lid_k: int, parts: list[np.ndarray],
+    seed: int,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Every image's scores under the paper's protocol, each batch (``parts``, from :func:`batches`) scored on
+    its own, in the rows' order."""
     out: dict[str, np.ndarray] = {}
-    for i, at in enumerate(batches(len(images), batch, seed)):
+    for i, at in enumerate(parts):
         scored = score_batch(images[at], texts[at], names, k, lid_k, seed + i)
         for name, values in scored.items():
             out.setdefault(name, np.empty(len(images)))[at] = values

@@ -260,9 +260,9 @@ def paper_columns(
 ) -> tuple[dict[str, np.ndarray], int, dict[str, Any]]:
     """The paper protocol's score columns, the pairs an image is scored against, and (with the manifest) how
     many poisons its batches actually held: min, median, max."""
-    scores = paper_scores(images, texts, spec.detectors, spec.k, spec.lid_k, spec.batch_reference, spec.seed)
-    columns = {("cosine" if n == "cosine" else f"image_{n}"): v for n, v in scores.items()}
     parts = batches(len(ids), spec.batch_reference, spec.seed)
+    scores = paper_scores(images, texts, spec.detectors, spec.k, spec.lid_k, parts, spec.seed)
+    columns = {("cosine" if n == "cosine" else f"image_{n}"): v for n, v in scores.items()}
     found = {}
     if poisons is not None:
         held = [int(np.isin(ids[at], poisons).sum()) for at in parts]

@@ -176,31 +176,28 @@ def _sections(
          filter_table(filtering) if filtering is not None else None),
         ("Detection by the poisoned model: AUROC / recall at the poison rate of each score",
          detection_table(filtering) if filtering is not None else None),
-        *_pretraining_sections(None, pretrained),
+        *(_pretrained_sections(pretrained) if pretrained else []),
         ("Selected models", selected),
-        *_pretraining_sections(seeds, None),
+        *([_seeds_section(seeds)] if seeds is not None else []),
         ("Pareto sets", fronts),
         ("Sweeps", sweeps),
     ]  # fmt: skip
     return [(heading, table) for heading, table in sections if table is not None]
 
 
-def _pretraining_sections(seeds: Path | None, pretrained: list[Path] | None) -> list[tuple[str, Table | None]]:
-    """The pre-trained models' tables (with ``pretrained``) and the seeds' spread (with ``seeds``)."""
-    sections: list[tuple[str, Table | None]] = []
-    if pretrained:
-        sections += [
-            ("Pre-trained on the poisoned data: CA / ASR / RA % after the last epoch, before any cleaning",
-             pretraining_table(pretrained, objective_label)),
-            ("SafeCLIP's split: the manifest's poisons and clean pairs it kept in the safe set, per split epoch",
-             safe_set_table(pretrained)),
-        ]  # fmt: skip
-    if seeds is not None:
-        sections.append(
-            ("Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)",
-             seed_table(seeds))
-        )  # fmt: skip
-    return sections
+def _pretrained_sections(pretrained: list[Path]) -> list[tuple[str, Table | None]]:
+    """The pre-trained models' CA / ASR / RA, and SafeCLIP's split diagnostic (None without a split)."""
+    return [
+        ("Pre-trained on the poisoned data: CA / ASR / RA % after the last epoch, before any cleaning",
+         pretraining_table(pretrained, objective_label)),
+        ("SafeCLIP's split: the manifest's poisons and clean pairs it kept in the safe set, per split epoch",
+         safe_set_table(pretrained)),
+    ]  # fmt: skip
+
+
+def _seeds_section(seeds: Path) -> tuple[str, Table]:
+    heading = "Spread over training seeds: CA / ASR % as mean ± standard deviation (the grid ran at the first)"
+    return heading, seed_table(seeds)
 
 
 def _write_points(results: list[SweepResult], path: Path) -> None:
@@ -240,7 +237,8 @@ def build_report(
     if not sweep_dirs:
         if not pretrained:
             raise ConfigError("no sweeps or pre-trainings to report on")
-        tables = [(h, t) for h, t in _pretraining_sections(seeds, pretrained) if t is not None]
+        sections = [*_pretrained_sections(pretrained), *([_seeds_section(seeds)] if seeds is not None else [])]
+        tables = [(h, t) for h, t in sections if t is not None]
         return _write_report(out_dir, title, command, tables, {})
     results = [load_sweep(Path(d)) for d in sweep_dirs]
     _label_models(results)
