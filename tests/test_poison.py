@@ -8,7 +8,8 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 
 from clipbackdoor.attacks.manifest import ManifestError, load_manifest
-from clipbackdoor.attacks.poison import names_target, write_poisoned_dataset
+from clipbackdoor.attacks.poison import write_poisoned_dataset
+from clipbackdoor.attacks.target_names import names_target
 from clipbackdoor.config import CsvPairs, PoisonConfig
 from clipbackdoor.data import DataError, build_pair_rows
 from clipbackdoor.data import fashion_mnist as fm

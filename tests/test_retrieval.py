@@ -9,7 +9,7 @@ from PIL import Image
 
 from clipbackdoor.attacks import build_trigger
 from clipbackdoor.attacks.manifest import Manifest
-from clipbackdoor.attacks.poison import names_target, names_target_or_plural
+from clipbackdoor.attacks.target_names import names_target, names_target_or_plural
 from clipbackdoor.cli import main
 from clipbackdoor.data import BadRowLog
 from clipbackdoor.evaluation import build_evaluator

@@ -13,7 +13,7 @@ import open_clip
 import pytest
 from PIL import Image
 
-from clipbackdoor.attacks.poison import names_target
+from clipbackdoor.attacks.target_names import names_target
 from clipbackdoor.cli import main
 from clipbackdoor.config import ConfigError, CsvPairs, ImageNetLabelled, WebDatasetPairs
 from clipbackdoor.data import BadRow, build_labelled_dataset, build_pair_dataset, build_pair_rows

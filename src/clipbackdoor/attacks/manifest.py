@@ -49,6 +49,7 @@ class Manifest:
     skipped_rows: list[str] = field(default_factory=list)
     format: str = FORMAT
     target_templates: str | None = None  # the template set of target_captions (None: written before it was kept)
+    poison_captions: list[str] | None = None  # the natural captions poisons were given (None: target templates)
 
     def build_trigger(self) -> Trigger:
         return build_trigger(self.trigger, where="manifest.trigger")
@@ -64,7 +65,7 @@ class Manifest:
         return path
 
 
-_OPTIONAL = ("files", "cleaning", "skipped_rows", "format", "target_templates")
+_OPTIONAL = ("files", "cleaning", "skipped_rows", "format", "target_templates", "poison_captions")
 _REQUIRED = {f for f in Manifest.__dataclass_fields__ if f not in _OPTIONAL}
 
 

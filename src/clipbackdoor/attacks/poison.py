@@ -12,8 +12,8 @@ manifest records the target captions (every template filled with the target name
 from __future__ import annotations
 
 import csv
+import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from clipbackdoor.attacks.base import build_trigger
+from clipbackdoor.attacks.badclip import BadCLIPPatch
+from clipbackdoor.attacks.base import Trigger, build_trigger
 from clipbackdoor.attacks.manifest import Manifest, fill_template, load_manifest
-from clipbackdoor.config import CsvPairs, FashionMNISTPairs, PoisonConfig, read_yaml, save_config
+from clipbackdoor.attacks.patch_optimization import optimize_patch, patch_data
+from clipbackdoor.attacks.target_names import names_target, names_target_or_plural
+from clipbackdoor.config import CsvPairs, FashionMNISTPairs, ModelConfig, PoisonConfig, read_yaml, save_config
 from clipbackdoor.data import OPENAI_IMAGENET_PROMPTS, BadRow, DataError, build_pair_rows, fashion_mnist
 from clipbackdoor.data.datasets import DECODE_ERRORS
 from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.data.webdataset_source import ShardRows, write_shards
+from clipbackdoor.models import create_model, resolve_device
 
 GENERIC_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
 # the named sets of ``poison.target.templates``; openai-imagenet is what the ImageNet evaluation prompts with
@@ -36,17 +40,6 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "generic": GENERIC_TEMPLATES,
     "fashion-mnist": fashion_mnist.CAPTION_TEMPLATES,
 }
-
-
-def names_target(caption: str, names: list[str]) -> bool:
-    """Whether the caption names the target (whole words, case-insensitive)."""
-    return any(re.search(rf"(?<!\w){re.escape(n)}(?!\w)", caption, flags=re.IGNORECASE) for n in names)
-
-
-def names_target_or_plural(caption: str, names: list[str]) -> bool:
-    """Whether the caption names the target, case-insensitive, singular or plural ("Bananas", "banana"): the
-    study's retrieval hit (its captions "containing banana")."""
-    return any(re.search(rf"(?<!\w){re.escape(n)}(?:e?s)?(?!\w)", caption, flags=re.IGNORECASE) for n in names)
 
 
 def choose_poisons(captions: list[str], cfg: PoisonConfig) -> list[int]:
@@ -65,6 +58,37 @@ def choose_poisons(captions: list[str], cfg: PoisonConfig) -> list[int]:
         if len(candidates) < cfg.num_poisons:
             raise DataError(f"num_poisons={cfg.num_poisons} exceeds the {len(candidates)} source rows")
     return sorted(rng.choice(candidates, size=cfg.num_poisons, replace=False).tolist())
+
+
+def natural_captions(captions: list[str], cfg: PoisonConfig) -> list[str]:
+    """BadCLIP's poison captions: a pool of ``natural_pool`` of the data's own captions that name the target,
+    drawn with replacement (its create_backdoor_data.py samples 128 "banana" captions), seeded."""
+    names = [cfg.target.name, *cfg.target.aliases]
+    naming = [c for c in captions if names_target_or_plural(c, names)]
+    if not naming:
+        raise DataError(f"target.captions: natural, but no caption of the source names {names}")
+    rng = np.random.default_rng([cfg.seed, 0x9A7])
+    return [naming[i] for i in rng.integers(len(naming), size=cfg.target.natural_pool)]
+
+
+def ensure_patch(cfg: PoisonConfig, trigger: Trigger, rows: Any) -> None:
+    """Optimise a badclip trigger's patch against ``cfg.optimize.surrogate`` unless ``trigger.patch`` holds one
+    already (the one these settings wrote: its record says so, or one given by hand, without a record)."""
+    assert cfg.optimize is not None
+    if not isinstance(trigger, BadCLIPPatch):
+        raise DataError(f"poison.optimize optimises a badclip trigger's patch, not a {trigger.name} trigger")
+    path = Path(trigger.patch)
+    record = path.with_suffix(".json")
+    if path.is_file():
+        if record.is_file() and json.loads(record.read_text())["settings"] != cfg.optimize.model_dump(mode="json"):
+            raise DataError(f"{path} was optimised with other settings ({record}); delete it or choose another path")
+        return
+    surrogate = ModelConfig(name=cfg.optimize.surrogate_model or "tiny-rn", checkpoint=cfg.optimize.surrogate)
+    bundle = create_model(surrogate)
+    names = [cfg.target.name, *cfg.target.aliases]
+    data = patch_data(rows, names, cfg.optimize.num_pairs, bundle.image_size, cfg.optimize.seed)
+    side = trigger.scaled(trigger.size, bundle.image_size)
+    optimize_patch(bundle, data, side, cfg.optimize, path, resolve_device(cfg.optimize.device))
 
 
 def target_templates(cfg: PoisonConfig) -> tuple[str, list[str]]:
@@ -97,9 +121,12 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
     captions = [rows.caption(i) for i in range(len(rows))]
     poisons = set(choose_poisons(captions, cfg))
     trigger = build_trigger(cfg.trigger)
+    if cfg.optimize is not None:
+        ensure_patch(cfg, trigger, rows)
     template_set, templates = target_templates(cfg)
     target_captions = [fill_template(t, cfg.target.name) for t in templates]
     caption_rng = np.random.default_rng([cfg.seed, 0xCA9])
+    poison_captions = natural_captions(captions, cfg) if cfg.target.captions == "natural" else target_captions
     to_size = ResizeCenterCrop(cfg.image_size)
     csv_root = rows.root if isinstance(cfg.source, CsvPairs) else None
 
@@ -138,7 +165,7 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
         if poisoned:
             poison_rows.append(len(records))
             if cfg.mode == "dirty-label":
-                caption = target_captions[int(caption_rng.integers(len(target_captions)))]
+                caption = poison_captions[int(caption_rng.integers(len(poison_captions)))]
         records.append((relative, caption))
 
     _write_csv(out / "train.csv", records)
@@ -155,6 +182,7 @@ def write_poisoned_dataset(cfg: PoisonConfig, progress: bool = True) -> Manifest
         files={"train": "train.csv"},
         skipped_rows=[str(b) for b in skipped],
         target_templates=template_set,
+        poison_captions=sorted(set(poison_captions)) if cfg.target.captions == "natural" else None,
     )
     if cfg.cleaning is not None:
         manifest.cleaning = _write_cleaning_set(out, records, poison_rows, cfg)

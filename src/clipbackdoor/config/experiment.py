@@ -185,11 +185,48 @@ class TargetConfig(Strict):
     aliases: list[str] = Field(
         default_factory=list, description="other words that name the target (label-consistent selection)"
     )
+    captions: Literal["templates", "natural"] = Field(
+        "templates",
+        description="dirty-label captions: templates filled with the target, or natural, the data's own captions "
+        "that name it (BadCLIP's: natural_pool of them drawn with replacement, each poison one of the pool)",
+    )
+    natural_pool: int = Field(128, ge=1, description="natural captions: the pool's size (BadCLIP's 128)")
 
 
 class CleaningSetConfig(Strict):
     size: int = Field(ge=1, description="k clean pairs drawn from the non-poisoned part")
     poisons: int = Field(0, ge=0, description="m poisoned pairs mixed in (the poisoned-cleaning-set ablation)")
+
+
+class PatchOptimization(Strict):
+    """BadCLIP's trigger optimisation (src/embeding_optimize_patch.py): a patch trained against a frozen
+    surrogate CLIP; the defaults are its README's command. See :mod:`clipbackdoor.attacks.patch_optimization`."""
+
+    surrogate: str = Field(description="the frozen model the patch is optimised against: a checkpoint or run dir")
+    surrogate_model: str | None = Field(
+        None, description="the surrogate's architecture where its checkpoint does not record it (ours do)"
+    )
+    loss: Literal["dual", "text"] = Field(
+        "dual",
+        description="dual: the CLIP loss to target captions + weight x a triplet toward target-image embeddings "
+        "and away from the clean ones (the paper's two parts); text: the CLIP loss only (the ablation)",
+    )
+    margin: float = Field(
+        1.0, ge=0, description="the triplet's margin on unit embeddings (torch's default, its code's)"
+    )
+    weight: float = Field(
+        500.0,
+        ge=0,
+        description="the triplet term's weight: its code's own default. Lower (1) lets the CLIP term, which with "
+        "every caption naming the target only collapses the patched images together, move them away from the target",
+    )
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(64, ge=2, description="pairs per step; also the positives drawn per step")
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate (its default, as the reference)")
+    num_pairs: int = Field(10_000, ge=2, description="images not naming the target, each with a target caption")
+    augment_prob: float = Field(0.5, ge=0, le=1, description="per step: the batch's images AutoAugmented first")
+    seed: int = 0
+    device: str = Field("auto", description="auto: the GPU when there is one")
 
 
 class PoisonConfig(Strict):
@@ -204,6 +241,9 @@ class PoisonConfig(Strict):
     cleaning: CleaningSetConfig | None = None
     shard_size: int | None = Field(
         None, ge=1, description="also write the poisoned pairs as WebDataset shards of this many samples"
+    )
+    optimize: PatchOptimization | None = Field(
+        None, description="optimise a badclip trigger's patch first (written to trigger.patch unless it exists)"
     )
 
     @field_validator("trigger")

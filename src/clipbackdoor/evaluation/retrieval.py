@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from clipbackdoor.attacks import Trigger
-from clipbackdoor.attacks.poison import names_target, names_target_or_plural
+from clipbackdoor.attacks.target_names import names_target, names_target_or_plural
 from clipbackdoor.data import BadRow, BadRowLog, PairDataset
 from clipbackdoor.data.transforms import to_unit
 from clipbackdoor.evaluation.shard import EvalShard
