@@ -158,9 +158,29 @@ def _study_pretrainings(study_dir: Path) -> list[Path]:
     return [study_dir / "pretrain" / tag for tag in tags if (study_dir / "pretrain" / tag / "metrics.jsonl").is_file()]
 
 
+def _attack_report(study_dir: Path, args: argparse.Namespace) -> int:
+    """The report of a study with an attack axis, from its attacks' runs (each attack's own report is
+    ``clipbackdoor report <study>/attacks/<attack>``)."""
+    from clipbackdoor.report.attacks import build_attack_report
+    from clipbackdoor.study.attack_axis import attack_studies
+    from clipbackdoor.study.config import load_study_dir
+    from clipbackdoor.study.run import attack_results
+
+    cfg = load_study_dir(study_dir)
+    results = [attack_results(attack, study) for attack, study in attack_studies(cfg).items()]
+    out = Path(args.out) if args.out else study_dir / "report"
+    report = build_attack_report(out, results, args.asr_threshold, args.title, _command_line(args))
+    print(f"report: {report} and {report.with_suffix('.html')}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from clipbackdoor.report.build import build_report
+    from clipbackdoor.study.config import load_study_dir
 
+    only = Path(args.paths[0])
+    if len(args.paths) == 1 and (only / "study.yaml").is_file() and load_study_dir(only).attacks:
+        return _attack_report(only, args)
     sweep_dirs, default_out, seeds, filtering, pretrained = [], None, None, None, []
     for given in map(Path, args.paths):
         if (given / "study.yaml").is_file():

@@ -239,7 +239,7 @@ def build_report(
             raise ConfigError("no sweeps or pre-trainings to report on")
         sections = [*_pretrained_sections(pretrained), *([_seeds_section(seeds)] if seeds is not None else [])]
         tables = [(h, t) for h, t in sections if t is not None]
-        return _write_report(out_dir, title, command, tables, {})
+        return write_report(out_dir, title, command, tables, {})
     results = [load_sweep(Path(d)) for d in sweep_dirs]
     _label_models(results)
     panels = _panels(results, asr_threshold)
@@ -265,10 +265,10 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_points(results, out_dir / "points.csv")
     tables = _sections(results, panels, asr_threshold, seeds, filtering, pretrained)
-    return _write_report(out_dir, title, command, tables, figures, points=True)
+    return write_report(out_dir, title, command, tables, figures, points=True)
 
 
-def _write_report(
+def write_report(
     out_dir: Path, title: str, command: str | None, tables: list[tuple[str, Table]], figures: dict[str, Path],
     points: bool = False,
 ) -> Path:  # fmt: skip

@@ -42,6 +42,8 @@ def filter_table(index: Path) -> Table:
     rows = []
     for e in json.loads(index.read_text()):
         filtered, poisoned = e["filtered"], e["poisoned"]
+        if filtered is None:  # filter.retrain: false, detection only
+            continue
         seconds = e["detect_seconds"]["embed"] + e["detect_seconds"]["score"]
         rows.append([
             e["objective"], f"{poisoned['ca']:.2f} / {poisoned['asr']:.2f}", e["by"],

@@ -32,7 +32,7 @@ class SeedRun:
     epoch: int | None  # None: the run's last epoch
 
 
-def _epoch_record(run: SeedRun) -> dict[str, Any]:
+def epoch_record(run: SeedRun) -> dict[str, Any]:
     epochs = [r for r in read_records(Path(run.run_dir) / "metrics.jsonl") if r.get("kind") == "epoch"]
     chosen = [r for r in epochs if run.epoch is None or r["epoch"] == run.epoch]
     if not chosen:
@@ -54,7 +54,7 @@ def seed_table(index: Path) -> Table:
     groups: dict[tuple[str, str, str, str], list[tuple[int, dict[str, Any]]]] = {}
     for run in runs:
         key = (run.pretrain, run.objective, run.model, run.setting)
-        groups.setdefault(key, []).append((run.seed, _epoch_record(run)))
+        groups.setdefault(key, []).append((run.seed, epoch_record(run)))
     shared = {o for o in {k[1] for k in groups} if len({k[0] for k in groups if k[1] == o}) > 1}
     rows = []
     for (tag, objective, model, setting), found in groups.items():

@@ -36,6 +36,7 @@ class FilterSpec(BaseModel):
     lid_k: int = Field(64, ge=2, description="neighbours of LID (the paper's script: 64)")
     reference_size: int = Field(10_000, ge=2, description="pairs drawn as the neighbourhood set")
     text: bool = Field(True, description="also score the caption embeddings")
+    retrain: bool = Field(True, description="pre-train again on the filtered data (false: detection AUROCs only)")
 
     @model_validator(mode="after")
     def _known(self) -> FilterSpec:
@@ -78,6 +79,39 @@ class SeedsSpec(BaseModel):
     pretrain: list[str] | None = Field(None, description="pre-trainings (study tags) re-run per seed; null: all")
 
 
+class CleanModelSpec(BaseModel):
+    """A model pre-trained on the clean source once per study: the surrogate a BadCLIP patch is optimised against
+    (another seed than the poisoned models: the patch transfers) and, under ``finetune``, every poisoned model's
+    start. Trained by the study (the base config on ``poison.source``, no attack) unless ``checkpoint`` is given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = Field(None, description="a clean model to use instead (e.g. a pre-trained RN50)")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="of its pre-training; default seed: the base's + 1000"
+    )
+
+
+class FinetuneSpec(BaseModel):
+    """The fine-tuning threat model (BadCLIP's; CleanCLIP's 400M setting): each poisoned model is the clean
+    model fine-tuned on the poisoned data, with these overrides (BadCLIP's README: train.lr 1e-6, batch 128,
+    10 epochs, 10k warm-up steps), rather than pre-trained from scratch on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overrides: dict[str, Any] = Field(default_factory=dict, description="applied to every poisoning run")
+
+
+class AttackSpec(BaseModel):
+    """One attack of the attack axis: its poison overrides (``poison.trigger``, ``poison.target``...). A
+    ``badclip`` trigger gets its patch path and its ``poison.optimize.surrogate`` (the clean model) filled in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys over the study's overrides")
+    seeds: bool = Field(True, description="run the study's seeds axis for this attack")
+
+
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,6 +143,17 @@ class StudyConfig(BaseModel):
     seeds: SeedsSpec | None = Field(None, description="re-run pre-training and the selected settings per seed")
     filter: FilterSpec | None = Field(
         None, description="score the poisoned data with each pre-trained model, drop the top pairs, pre-train again"
+    )
+    clean_model: CleanModelSpec | None = Field(
+        None, description="a clean model: BadCLIP's surrogate, and the start of every poisoned model under finetune"
+    )
+    finetune: FinetuneSpec | None = Field(
+        None, description="poison by fine-tuning the clean model (needs clean_model), not by pre-training"
+    )
+    attacks: dict[str, AttackSpec] | None = Field(
+        None,
+        description="the attack axis: the whole study once per attack (in <study>/attacks/<name>), one report "
+        "with the attack x objective x defense table",
     )
     figure_format: Literal["png", "svg"] = "png"
 
@@ -154,6 +199,12 @@ class StudyConfig(BaseModel):
         unknown = sorted(set(self.seeds.pretrain or []) - set(self.pretrain)) if self.seeds else []
         if unknown:
             raise ValueError(f"seeds.pretrain: {unknown} are not among the pre-trainings {list(self.pretrain)}")
+        return self
+
+    @model_validator(mode="after")
+    def _clean_model_for_finetune(self) -> StudyConfig:
+        if self.finetune is not None and self.clean_model is None:
+            raise ValueError("finetune: fine-tuning starts from a clean model; add clean_model: {} (or a checkpoint)")
         return self
 
     @property
@@ -274,13 +325,26 @@ def run_name(tag: str, seed: int | None = None, filtered: bool = False) -> str:
     return tag + ("" if seed is None else f"-seed{seed}") + ("-filtered" if filtered else "")
 
 
+CLEAN_MODEL = "clean-model"  # the clean model's run, <study>/pretrain/clean-model
+
+
+def clean_model_path(cfg: StudyConfig) -> Path:
+    """The study's clean model: the checkpoint given, or the run the study trains."""
+    assert cfg.clean_model is not None
+    return Path(cfg.clean_model.checkpoint or cfg.study_dir / "pretrain" / CLEAN_MODEL)
+
+
 def pretrain_overrides(cfg: StudyConfig, tag: str, seed: int | None = None, filtered: Path | None = None) -> list[str]:
     """The overrides of pre-training ``tag`` (under ``seed``, on the ``filtered`` CSV, if given): the stages'
-    own, its name and directory, its spec's."""
+    own, under ``finetune`` the clean model as the start and the fine-tuning overrides, its name and
+    directory, its spec's."""
     spec = cfg.pretrain[tag]
     seeded = [] if seed is None else [f"seed={seed}"]
     data = [] if filtered is None else as_overrides({"data.train": {"source": "csv", "path": str(filtered)}})
-    return [*stage_overrides(cfg), f"name={run_name(tag, seed, filtered is not None)}",
+    finetune = [] if cfg.finetune is None else [
+        f"model.checkpoint={clean_model_path(cfg)}", *as_overrides(cfg.finetune.overrides)
+    ]  # fmt: skip
+    return [*stage_overrides(cfg), *finetune, f"name={run_name(tag, seed, filtered is not None)}",
             f"output_dir={cfg.study_dir / 'pretrain'}", *as_overrides(spec.overrides), *seeded, *data]  # fmt: skip
 
 

@@ -76,8 +76,14 @@ def run_filtering(cfg: StudyConfig, log: Any = print) -> Path:
         kept = write_filtered(data / "train.csv", out / "scores.parquet", spec.by, spec.drop_percent, filtered_csv)
         dropped_poisons = len(poisons & set(kept["dropped"]))
         log(f"   dropped {len(kept['dropped']):,} pairs by {spec.by} ({dropped_poisons} of {len(poisons)} poisons)")
-        last = run_pretraining(cfg, tag, log, filtered=filtered_csv)
         retrain = load_config(cfg.base, pretrain_overrides(cfg, tag, filtered=filtered_csv))
+        filtered = None
+        if spec.retrain:
+            last = run_pretraining(cfg, tag, log, filtered=filtered_csv)
+            filtered = {
+                "ca": last["eval/clean_top1"], "asr": last["eval/asr_top1"], "epoch": last["epoch"],
+                "run_dir": str(retrain.run_dir), "pairs": kept["kept"], "epochs": retrain.train.epochs,
+            }  # fmt: skip
         poisoned = last_epoch(run_dir)
         entries.append({
             "tag": tag, "objective": objective_label(retrain.objective), "by": spec.by,
@@ -86,8 +92,7 @@ def run_filtering(cfg: StudyConfig, log: Any = print) -> Path:
             "detection": record["detection"]["detectors"], "detect_seconds": record["seconds"],
             "reference": record["reference"],
             "poisoned": {"ca": poisoned["eval/clean_top1"], "asr": poisoned["eval/asr_top1"]},
-            "filtered": {"ca": last["eval/clean_top1"], "asr": last["eval/asr_top1"], "epoch": last["epoch"],
-                         "run_dir": str(retrain.run_dir), "pairs": kept["kept"], "epochs": retrain.train.epochs},
+            "filtered": filtered,
         })  # fmt: skip
     index = cfg.study_dir / "filter" / "filter.json"
     index.parent.mkdir(parents=True, exist_ok=True)

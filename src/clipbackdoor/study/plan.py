@@ -34,7 +34,15 @@ from clipbackdoor.interop import CheckpointError
 from clipbackdoor.models import create_model, model_name, read_model_checkpoint
 from clipbackdoor.objectives import ObjectiveCost, WeightedObjective
 from clipbackdoor.resolve import load_config, validate_tree
-from clipbackdoor.study.config import StudyConfig, pretrain_overrides, run_name, sweep_configs, trial_workers
+from clipbackdoor.study.attack_axis import attack_studies, clean_model_study, needs_clean_model_run
+from clipbackdoor.study.config import (
+    CLEAN_MODEL,
+    StudyConfig,
+    pretrain_overrides,
+    run_name,
+    sweep_configs,
+    trial_workers,
+)
 from clipbackdoor.study.data_rate import feed_report
 from clipbackdoor.study.measurements import Throughput, device_kind, find_throughput, measured_key, measurement_dirs
 from clipbackdoor.study.seed_axis import base_seed, other_seeds, seed_sweep_home
@@ -349,11 +357,26 @@ def _clean_stage(
 def plan_study(
     study: StudyConfig, gpus: int | None = None, bench_dirs: tuple[Path, ...] | None = None, cores: int | None = None
 ) -> list[Stage]:
-    """The study's stages in the order it runs them: pre-training per objective, one cleaning stage per
-    (model, defense) sweep, then the seeds axis (pre-training again, and each selected setting, per seed),
-    then the detection stage (pre-training again on the filtered data). With ``gpus``, the study runs on that
-    many devices; else on its own (``devices``, or those this machine sees)."""
+    """The study's stages in the order it runs them: its clean model, if it trains one; then pre-training per
+    objective, one cleaning stage per (model, defense) sweep, the seeds axis (pre-training again, and each
+    selected setting, per seed) and the detection stage (pre-training again on the filtered data), once per
+    attack of an attack axis. With ``gpus``, the study runs on that many devices; else on its own
+    (``devices``, or those this machine sees)."""
     bench_dirs = bench_dirs or measurement_dirs()
+    stages = []
+    if needs_clean_model_run(study):
+        stages.append(_pretrain_stage(clean_model_study(study), CLEAN_MODEL, None, gpus, bench_dirs, cores))
+    if not study.attacks:
+        return stages + _study_stages(study, gpus, bench_dirs, cores)
+    for attack, sub in attack_studies(study).items():
+        for stage in _study_stages(sub, gpus, bench_dirs, cores):
+            stage.name = f"[{attack}] {stage.name}"
+            stages.append(stage)
+    return stages
+
+
+def _study_stages(study: StudyConfig, gpus: int | None, bench_dirs: tuple[Path, ...], cores: int | None) -> list[Stage]:
+    """The stages of one study (of one attack, with an attack axis)."""
     stages = [_pretrain_stage(study, tag, None, gpus, bench_dirs, cores) for tag in study.pretrain]
     devices = [str(i) for i in range(gpus)] if gpus else resolve_devices(study.devices)
     slots = len(devices) // study.devices_per_trial
@@ -374,7 +397,7 @@ def plan_study(
                          bench_dirs, cores, [seed_sweep_home(study, s, seed) for seed in others])
             for s in sweeps if Path(s.defense).stem in wanted and Path(s.run).name in study.seeded_pretrain
         ]  # fmt: skip
-    if study.filter:
+    if study.filter and study.filter.retrain:
         stages += [
             _pretrain_stage(study, tag, None, gpus, bench_dirs, cores, drop_percent=study.filter.drop_percent)
             for tag in study.filter.pretrain or study.pretrain

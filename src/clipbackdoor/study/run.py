@@ -1,5 +1,6 @@
-"""The whole study in one resumable command: poison -> pre-train per objective -> sweep each defense ->
-(seeds axis) -> (detect, filter, pre-train again) -> report.
+"""The whole study in one resumable command: (clean model) -> poison -> pre-train per objective -> sweep each
+defense -> (seeds axis) -> (detect, filter, pre-train again) -> report; with an attack axis, everything after
+the clean model once per attack, then the attack report.
 
 Every stage writes its own files under ``<output_dir>/<name>/`` and picks up where it stopped: poisoning
 reuses an identical poisoned set, pre-training resumes from its last checkpoint (a finished run is only
@@ -17,9 +18,18 @@ from typing import Any
 
 from clipbackdoor.attacks.poison import write_poisoned_dataset
 from clipbackdoor.config import ConfigError, save_config
+from clipbackdoor.report.attacks import AttackResults, build_attack_report
 from clipbackdoor.report.build import build_report
 from clipbackdoor.resolve import load_config
-from clipbackdoor.study.config import StudyConfig, only_pretrainings, stage_overrides, sweep_configs, trial_workers
+from clipbackdoor.study.attack_axis import attack_studies, clean_model_study, needs_clean_model_run
+from clipbackdoor.study.config import (
+    CLEAN_MODEL,
+    StudyConfig,
+    only_pretrainings,
+    stage_overrides,
+    sweep_configs,
+    trial_workers,
+)
 from clipbackdoor.study.filtering import run_filtering
 from clipbackdoor.study.plan import format_plan, plan_study
 from clipbackdoor.study.pretraining import run_pretraining
@@ -40,7 +50,32 @@ def run_study(cfg: StudyConfig, command: str | None = None, log: Any = print, on
     stages = plan_study(cfg)
     log(format_plan(stages))
     with ProgressWriter(cfg, stages, log) as progress:
-        return _run_stages(cfg, command, progress.log_stage)
+        if needs_clean_model_run(cfg):
+            run_pretraining(clean_model_study(cfg), CLEAN_MODEL, progress.log_stage)
+        if not cfg.attacks:
+            return _run_stages(cfg, command, progress.log_stage)
+        results = []
+        for attack, study in attack_studies(cfg).items():
+            progress.log_stage(f"=== attack {attack} -> {study.study_dir}")
+            save_config(study, study.study_dir / "study.yaml")  # `report` rebuilds its own report from it
+            _run_stages(study, command, progress.log_stage)
+            results.append(attack_results(attack, study))
+        report = build_attack_report(
+            cfg.study_dir / "report", results, cfg.asr_threshold, f"Study {cfg.name}: attacks", command
+        )
+        progress.log_stage(f"== attack report -> {report} (and report.html)")
+        return report
+
+
+def attack_results(attack: str, study: StudyConfig) -> AttackResults:
+    """Where one attack's study wrote what the attack report reads."""
+    return AttackResults(
+        attack=attack,
+        pretrained=[study.study_dir / "pretrain" / tag for tag in study.pretrain],
+        sweeps=[s.sweep_dir for s in sweep_configs(study)],
+        seeds=study.study_dir / "seeds" / "seeds.json" if study.seeds else None,
+        filtering=study.study_dir / "filter" / "filter.json" if study.filter else None,
+    )
 
 
 def _run_stages(cfg: StudyConfig, command: str | None, log: Any) -> Path:
