@@ -1,0 +1,76 @@
+"""The attack axis and the clean model: a study run once per attack, BadCLIP's patch optimised against the
+study's clean model, the fine-tuning threat model, and the attack report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clipbackdoor.cli import main
+from clipbackdoor.study.attack_axis import attack_study, clean_model_study
+from clipbackdoor.study.config import CLEAN_MODEL, load_study_config, pretrain_overrides
+
+TINY = ("{{'poison.source': {{source: fashion-mnist, root: {root}}}, 'poison.num_poisons': 24, "
+        "'poison.cleaning': {{size: 64, poisons: 0}}, 'poison.target': {{name: bag, aliases: [handbag, purse]}}, "
+        "'train.epochs': 1, 'train.warmup_steps': 1, 'train.batch_size': 32, 'model.name': micro-rn, "
+        "'data.eval': {{source: fashion-mnist, root: {root}, split: test, max_samples: 40}}}}")  # fmt: skip
+
+
+def test_attack_studies_share_the_clean_model_and_fill_badclip_in(tmp_path: Path) -> None:
+    cfg = load_study_config("study-attacks", [f"output_dir={tmp_path}"])
+    clean = clean_model_study(cfg)
+    args = pretrain_overrides(clean, CLEAN_MODEL)
+    assert "seed=1000" in args and "eval.attack=null" in args
+    assert any(a.startswith("data.train=") and "fashion-mnist" in a for a in args)
+    badclip = attack_study(cfg, "badclip")
+    home = tmp_path / "study-attacks" / "attacks" / "badclip"
+    assert badclip.study_dir == home and badclip.seeds is not None
+    assert badclip.overrides["poison.trigger"]["patch"] == str(home / "trigger" / "patch.safetensors")
+    assert badclip.overrides["poison.optimize"] == {
+        "epochs": 20, "surrogate": str(tmp_path / "study-attacks" / "pretrain" / CLEAN_MODEL)
+    }  # fmt: skip
+    assert attack_study(cfg, "badnet").seeds is None  # 3 seeds for BadCLIP's rows only
+    finetuned = load_study_config("study-attacks", [f"output_dir={tmp_path}", "finetune={overrides: {train.lr: 1e-6}}"])
+    args = pretrain_overrides(attack_study(finetuned, "blended"), "mmcl")
+    assert f"model.checkpoint={tmp_path / 'study-attacks' / 'pretrain' / CLEAN_MODEL}" in args
+    assert "train.lr=1e-06" in args
+    with pytest.raises(ValueError, match="clean_model"):
+        load_study_config("study-attacks", ["clean_model=null", "finetune={}"])
+
+
+def test_a_study_with_an_attack_axis_runs_each_attack_and_reports_them_together(
+    fmnist_root: Path, tmp_path: Path
+) -> None:
+    """Two attacks (BadNet and BadCLIP) x MMCL x MMCL-only, one grid point, detection without re-training: each
+    attack's whole study in its own directory, the same poisoned rows and cleaning set, one report."""
+    args = [
+        f"output_dir={tmp_path}", f"overrides={TINY.format(root=fmnist_root)}", "workers=1",
+        "attacks={badnet: {overrides: {poison.trigger: {name: badnet, pattern: solid, size: 4, reference_size: 32}}},"
+        " badclip: {overrides: {poison.trigger: {name: badclip, size: 4, reference_size: 32},"
+        " poison.optimize: {num_pairs: 32, batch_size: 16, epochs: 1}}}}",
+        "pretrain={mmcl: {overrides: {objective: {mmcl: 1.0}}}}",
+        "defenses={mmcl-only: {sampler: grid, space: {train.lr: {low: 1.0e-4, high: 1.0e-2, grid: [1.0e-3]}},"
+        " overrides: {train.epochs: 1, train.warmup_steps: 0}}}",
+        "seeds=null", "filter.pretrain=[mmcl]", "filter.reference_size=128",
+    ]  # fmt: skip
+    assert main(["study", "study-attacks", *args]) == 0
+    root = tmp_path / "study-attacks"
+    assert (root / "pretrain" / CLEAN_MODEL / "checkpoints").is_dir()
+    attacks = root / "attacks"
+    assert json.loads((attacks / "badclip" / "trigger" / "patch.json").read_text())["settings"]["surrogate"] == str(
+        root / "pretrain" / CLEAN_MODEL
+    )
+    manifests = {a: json.loads((attacks / a / "data" / "manifest.json").read_text()) for a in ("badnet", "badclip")}
+    assert manifests["badnet"]["poison_rows"] == manifests["badclip"]["poison_rows"]
+    assert manifests["badnet"]["cleaning"]["train_rows"] == manifests["badclip"]["cleaning"]["train_rows"]
+    report = (root / "report" / "report.md").read_text()
+    for attack in ("badnet", "badclip"):
+        assert f"| {attack} | MMCL (mmcl) |" in report
+        assert (attacks / attack / "report" / "report.md").is_file()
+    assert "Per-sample detection AUROC per attack" in report and "image_dao" in report
+    assert main(["report", str(root), "--out", str(tmp_path / "again")]) == 0
+    table = report[report.index("| attack") :]
+    again = (tmp_path / "again" / "report.md").read_text()
+    assert again[again.index("| attack") :] == table
