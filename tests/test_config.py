@@ -98,6 +98,8 @@ def test_every_shipped_config_validates() -> None:
         "study-cc3m",
         "study-cc3m-extended",
         "study-cc6m",
+        "study-attacks",
+        "study-attacks-cc3m",
     } <= set(names)
     for name in names:
         if name.startswith("study-"):

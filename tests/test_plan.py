@@ -75,6 +75,25 @@ def test_plan_of_the_extended_cc3m_study_keeps_the_regimes_recipes(gpus: int) ->
     assert stages[filtered[0]].pairs.n == CC3M_PAIRS - round(CC3M_PAIRS / 100)
 
 
+@pytest.mark.parametrize("gpus", [8, 2])
+def test_plan_of_the_cc3m_attack_study_runs_the_paper_s_stages_per_attack(gpus: int) -> None:
+    """Every attack's stages as study-cc3m plans them, on any GPU count; the clean model at the MMCL recipe's
+    shape first; the seeds axis for BadCLIP alone; detection without re-training."""
+    stages = {s.name: s for s in plan_study(load_study_config("study-attacks-cc3m"), gpus=gpus)}
+    paper = {s.name: s for s in plan_study(load_study_config("study-cc3m"), gpus=gpus)}
+
+    def shape(stage) -> tuple:
+        return stage.processes, stage.layout, stage.pairs.n, stage.epochs, stage.warmup_steps, stage.runs
+
+    assert list(stages)[0] == "pre-train clean-model"
+    assert shape(stages["pre-train clean-model"]) == shape(paper["pre-train mmcl"])
+    for attack in ("badnet", "blended", "badclip"):
+        assert all(shape(stages[f"[{attack}] {name}"]) == shape(stage) for name, stage in paper.items())
+    seeded = [name for name in stages if "seed" in name]
+    assert seeded and all(name.startswith("[badclip]") for name in seeded)
+    assert not any("detect with" in name for name in stages)
+
+
 def test_cc6m_cleans_on_200k_pairs_for_10_epochs() -> None:
     stages = plan_study(load_study_config("study-cc6m"), gpus=8)
     for stage in stages:

@@ -283,3 +283,43 @@ def test_slow_rehearsal_interrupted_between_stages_resumes_to_the_same_report(
     shutil.rmtree(study_dir / "report")
     assert main(["study", name, *args]) == 0
     assert _best_table((study_dir / "report" / "report.md").read_text()) == _best_table(report)
+
+
+# The CC3M attack study in the CI miniature's sizes: the clean model, then the paper's study once per attack on
+# 2 ranks, BadCLIP's patch optimised against the clean model (1 epoch of 256 pairs: a size), its seeds axis, and
+# detection. Some 30 pre-trainings and trials: `make test-slow`, not CI's ~8 minutes (CI runs a two-attack study
+# on Fashion-MNIST, tests/test_attack_axis.py, and this recipe's plan on 2 and 8 GPUs, tests/test_plan.py).
+@pytest.mark.slow
+def test_rehearsal_of_the_cc3m_attack_study(ci_web_data: SynthManifest, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "runs"
+    _, base = _recipe("study-attacks-cc3m")
+    clean_warmup = _warmup(SCALES["ci"][0], 2048, 1, base["train"]["warmup_steps"] / ((2_725_316 // 2048) * 64))
+    args = [
+        *rehearsal_overrides("study-attacks-cc3m", ci_web_data, out, "ci", "micro-rn"),
+        f"clean_model.overrides.train\\.warmup_steps={clean_warmup}",
+        "attacks.badclip.overrides.poison\\.optimize={num_pairs: 256, batch_size: 64, epochs: 1}",
+        "filter.reference_size=512",
+    ]
+    assert main(["study", "study-attacks-cc3m", *args]) == 0
+    root = out / "study-attacks-cc3m"
+    clean = [json.loads(x) for x in (root / "pretrain" / "clean-model" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in clean if r["kind"] == "epoch"][-1]
+    assert (last["batch/global_batch"], last["batch/world_size"]) == (2048, 2) and "eval/asr_top1" not in last
+    rows = None
+    for attack in ("badnet", "blended", "badclip"):
+        manifest = json.loads((root / "attacks" / attack / "data" / "manifest.json").read_text())
+        assert manifest["files"]["shards"].startswith("shards/")
+        rows = rows or manifest["poison_rows"]
+        assert manifest["poison_rows"] == rows  # the same pairs poisoned, so the same cleaning set
+        for tag in ("mmcl", "mmcl-ssl"):
+            run = root / "attacks" / attack / "pretrain" / tag
+            epoch = [r for r in _records(run) if r["kind"] == "epoch"][-1]
+            assert epoch["batch/world_size"] == 2 and "eval/asr_top1" in epoch
+        assert len(json.loads((root / "attacks" / attack / "filter" / "filter.json").read_text())) == 2
+    badclip = json.loads((root / "attacks" / "badclip" / "data" / "manifest.json").read_text())
+    assert badclip["trigger"]["name"] == "badclip" and all("banana" in c.lower() for c in badclip["poison_captions"])
+    assert (root / "attacks" / "badclip" / "pretrain" / "mmcl-seed2").is_dir()
+    assert not (root / "attacks" / "badnet" / "pretrain" / "mmcl-seed1").exists()
+    report = (root / "report" / "report.md").read_text()
+    assert report.count("| badclip |") == 2 and "(3 seeds)" in report
