@@ -89,6 +89,8 @@ def test_plan_of_the_cc3m_attack_study_runs_the_paper_s_stages_per_attack(gpus: 
     assert shape(stages["pre-train clean-model"]) == shape(paper["pre-train mmcl"])
     for attack in ("badnet", "blended", "badclip"):
         assert all(shape(stages[f"[{attack}] {name}"]) == shape(stage) for name, stage in paper.items())
+    assert "50 epochs × 156 steps = 7,800 steps" in stages["[badclip] pre-train mmcl"].before  # 10k pairs / 64
+    assert stages["[badnet] pre-train mmcl"].before is None
     seeded = [name for name in stages if "seed" in name]
     assert seeded and all(name.startswith("[badclip]") for name in seeded)
     assert not any("detect with" in name for name in stages)

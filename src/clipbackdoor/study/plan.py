@@ -26,6 +26,7 @@ from clipbackdoor.config import (
     FashionMNISTPairs,
     ImageNetLabelled,
     ModelConfig,
+    PatchOptimization,
     WebDatasetPairs,
 )
 from clipbackdoor.data.batching import BatchLayout, batch_layout
@@ -40,6 +41,7 @@ from clipbackdoor.study.config import (
     StudyConfig,
     pretrain_overrides,
     run_name,
+    stage_overrides,
     sweep_configs,
     trial_workers,
 )
@@ -97,6 +99,7 @@ class Stage:
     where: Where | None = None  # in a study: where its progress is (progress.py)
     stops_early: bool = False  # cleaning runs an early-stopping sweep may end before their last epoch
     cost: ObjectiveCost | None = None  # encoder passes per pair and the loader's views (the objective's own)
+    before: str | None = None  # what the study runs first, outside training (BadCLIP's patch optimisation)
 
     @property
     def cleaning(self) -> bool:
@@ -378,6 +381,9 @@ def plan_study(
 def _study_stages(study: StudyConfig, gpus: int | None, bench_dirs: tuple[Path, ...], cores: int | None) -> list[Stage]:
     """The stages of one study (of one attack, with an attack axis)."""
     stages = [_pretrain_stage(study, tag, None, gpus, bench_dirs, cores) for tag in study.pretrain]
+    poison = load_config(study.base, stage_overrides(study)).poison
+    if stages and poison is not None and poison.optimize is not None:
+        stages[0].before = patch_optimization(poison.optimize)
     devices = [str(i) for i in range(gpus)] if gpus else resolve_devices(study.devices)
     slots = len(devices) // study.devices_per_trial
     at_once = min(trial_workers(study, devices), slots) if slots else trial_workers(study, devices)
@@ -403,6 +409,16 @@ def _study_stages(study: StudyConfig, gpus: int | None, bench_dirs: tuple[Path, 
             for tag in study.filter.pretrain or study.pretrain
         ]
     return stages
+
+
+def patch_optimization(opt: PatchOptimization) -> str:
+    """What optimising a BadCLIP patch costs, in the surrogate's passes (not measured: no benchmark of it)."""
+    steps = opt.num_pairs // opt.batch_size * opt.epochs
+    return (
+        f"BadCLIP's patch: {opt.epochs} epochs × {opt.num_pairs // opt.batch_size:,} steps = {steps:,} steps, each "
+        f"the frozen surrogate's image tower forward and backward on {opt.batch_size} patched images and forward "
+        f"on their clean copies ({opt.surrogate})"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -435,6 +451,7 @@ def format_plan(stages: list[Stage]) -> str:
         hours = s.device_hours
         total_hours += hours or 0.0
         unknown |= hours is None
+        lines += [f"== before {s.name}: {s.before}"] if s.before else []
         lines += [
             f"== {s.name}",
             f"  processes      {s.processes} ({s.launcher})"
