@@ -125,7 +125,7 @@ def test_resumed_optimisation_equals_an_uninterrupted_one(fmnist_root: Path, tmp
         optimize_patch(bundle, data, 4, cfg.model_copy(update={"margin": 0.2}), tmp_path / "b.safetensors", cpu)
 
 
-def test_poison_optimises_the_patch_and_gives_natural_captions(fmnist_root: Path, tmp_path: Path) -> None:
+def test_poison_optimises_the_patch_and_gives_natural_captions(fmnist_root: Path, tmp_path: Path, capsys) -> None:
     """``poison`` with a badclip trigger and ``optimize``: the patch is optimised once, pasted losslessly as
     saved into the manifest's artefact, and the poisons carry the data's own captions naming the target."""
     torch.manual_seed(0)
@@ -148,3 +148,10 @@ def test_poison_optimises_the_patch_and_gives_natural_captions(fmnist_root: Path
     assert all(any(w in c for w in BAG) for c in manifest.poison_captions)
     stamp = patch.stat().st_mtime_ns
     assert main(["poison", "demo", *overrides]) == 0 and patch.stat().st_mtime_ns == stamp  # reused, not redone
+    more = [o.replace("epochs: 1", "epochs: 2").replace("'data'", "'more'") for o in overrides]
+    more = [o.replace(str(tmp_path / "data"), str(tmp_path / "more")) for o in more]
+    assert main(["poison", "demo", *more]) == 0  # more epochs continue the kept state
+    assert len(json.loads(patch.with_suffix(".json").read_text())["history"]) == 2
+    other = [o.replace("epochs: 2", "epochs: 2, margin: 0.5").replace("more", "other") for o in more]
+    assert main(["poison", "demo", *other]) != 0
+    assert "optimised with other settings" in capsys.readouterr().err

@@ -85,7 +85,7 @@ def test_plan_of_the_cc3m_attack_study_runs_the_paper_s_stages_per_attack(gpus: 
     def shape(stage) -> tuple:
         return stage.processes, stage.layout, stage.pairs.n, stage.epochs, stage.warmup_steps, stage.runs
 
-    assert list(stages)[0] == "pre-train clean-model"
+    assert next(iter(stages)) == "pre-train clean-model"
     assert shape(stages["pre-train clean-model"]) == shape(paper["pre-train mmcl"])
     for attack in ("badnet", "blended", "badclip"):
         assert all(shape(stages[f"[{attack}] {name}"]) == shape(stage) for name, stage in paper.items())

@@ -153,6 +153,12 @@ def _comparable(cfg: PatchOptimization) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude={"epochs", "device"})
 
 
+def continues(saved: dict[str, Any], cfg: PatchOptimization) -> bool:
+    """Whether ``cfg`` continues the optimisation whose record holds ``saved`` settings (it differs at most in
+    epochs and device)."""
+    return _comparable(PatchOptimization(**saved)) == _comparable(cfg)
+
+
 def optimize_patch(
     bundle: ClipBundle, data: PatchData, side: int, cfg: PatchOptimization, path: Path, device: torch.device
 ) -> dict[str, Any]:

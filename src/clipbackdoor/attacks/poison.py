@@ -24,7 +24,7 @@ from tqdm import tqdm
 from clipbackdoor.attacks.badclip import BadCLIPPatch
 from clipbackdoor.attacks.base import Trigger, build_trigger
 from clipbackdoor.attacks.manifest import Manifest, fill_template, load_manifest
-from clipbackdoor.attacks.patch_optimization import optimize_patch, patch_data
+from clipbackdoor.attacks.patch_optimization import continues, optimize_patch, patch_data
 from clipbackdoor.attacks.target_names import names_target, names_target_or_plural
 from clipbackdoor.config import CsvPairs, FashionMNISTPairs, ModelConfig, PoisonConfig, read_yaml, save_config
 from clipbackdoor.data import OPENAI_IMAGENET_PROMPTS, BadRow, DataError, build_pair_rows, fashion_mnist
@@ -73,16 +73,21 @@ def natural_captions(captions: list[str], cfg: PoisonConfig) -> list[str]:
 
 def ensure_patch(cfg: PoisonConfig, trigger: Trigger, rows: Any) -> None:
     """Optimise a badclip trigger's patch against ``cfg.optimize.surrogate`` unless ``trigger.patch`` holds one
-    already (the one these settings wrote: its record says so, or one given by hand, without a record)."""
+    already: the one these settings wrote (its record says so), or one given by hand (without a record). A patch
+    these settings wrote with fewer epochs is optimised on from its kept state."""
     assert cfg.optimize is not None
     if not isinstance(trigger, BadCLIPPatch):
         raise DataError(f"poison.optimize optimises a badclip trigger's patch, not a {trigger.name} trigger")
     path = Path(trigger.patch)
     record = path.with_suffix(".json")
     if path.is_file():
-        if record.is_file() and json.loads(record.read_text())["settings"] != cfg.optimize.model_dump(mode="json"):
+        if not record.is_file():
+            return
+        saved = json.loads(record.read_text())["settings"]
+        if saved == cfg.optimize.model_dump(mode="json"):
+            return
+        if not continues(saved, cfg.optimize):
             raise DataError(f"{path} was optimised with other settings ({record}); delete it or choose another path")
-        return
     surrogate = ModelConfig(name=cfg.optimize.surrogate_model or "tiny-rn", checkpoint=cfg.optimize.surrogate)
     bundle = create_model(surrogate)
     names = [cfg.target.name, *cfg.target.aliases]

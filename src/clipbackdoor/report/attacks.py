@@ -29,6 +29,7 @@ class AttackResults:
     sweeps: list[Path] = field(default_factory=list)
     seeds: Path | None = None
     filtering: Path | None = None
+    patch_record: Path | None = None  # an optimised trigger's record (BadCLIP: <patch>.json)
 
 
 def _seeded(seeds: Path | None) -> dict[tuple[str, str], list[dict]]:
@@ -105,6 +106,31 @@ def attack_detection_table(results: list[AttackResults]) -> Table | None:
     return Table(["attack", "scored with", "protocol", *columns], rows)
 
 
+def patch_table(results: list[AttackResults]) -> Table | None:
+    """The optimised triggers' own diagnostic: how far the patch moved the surrogate's patched images toward the
+    target captions' and target images' centres (mean cosine) from no patch and from the patch it started as,
+    and its loss terms in the first and last epoch (None when no attack optimised a trigger)."""
+    rows = []
+    for r in results:
+        if r.patch_record is None or not r.patch_record.is_file():
+            continue
+        record = json.loads(r.patch_record.read_text())
+        sim, first, last = record["target_similarity"], record["history"][0], record["history"][-1]
+        settings = record["settings"]
+        rows.append([
+            r.attack, f"{settings['loss']} (margin {settings['margin']:g}, weight {settings['weight']:g}), "
+            f"{len(record['history'])} epochs, {record['pairs']:,} pairs, {record['side']} px",
+            *(" / ".join(f"{sim[k][to]:.3f}" for k in ("clean", "initial", "optimised"))
+              for to in ("to_captions", "to_images")),
+            ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in last),
+        ])  # fmt: skip
+    if not rows:
+        return None
+    header = ["attack", "optimisation", "cos to target captions: clean / start / optimised",
+              "cos to target images: clean / start / optimised", "loss terms, first -> last epoch"]  # fmt: skip
+    return Table(header, rows)
+
+
 def build_attack_report(
     out_dir: Path, results: list[AttackResults], asr_threshold: float, title: str, command: str | None = None
 ) -> Path:
@@ -113,5 +139,6 @@ def build_attack_report(
         (f"Attack x pre-training x defense: CA / ASR % (selected: highest CA at ASR <= {asr_threshold:g} %)",
          attack_table(results, asr_threshold)),
         ("Per-sample detection AUROC per attack", attack_detection_table(results)),
+        ("Optimised triggers: the patch's effect on the surrogate", patch_table(results)),
     ]  # fmt: skip
     return write_report(out_dir, title, command, [(h, t) for h, t in tables if t is not None], {})

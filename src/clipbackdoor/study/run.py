@@ -75,6 +75,7 @@ def attack_results(attack: str, study: StudyConfig) -> AttackResults:
         sweeps=[s.sweep_dir for s in sweep_configs(study)],
         seeds=study.study_dir / "seeds" / "seeds.json" if study.seeds else None,
         filtering=study.study_dir / "filter" / "filter.json" if study.filter else None,
+        patch_record=study.study_dir / "trigger" / "patch.json",
     )
 
 
