@@ -155,3 +155,28 @@ def test_poison_optimises_the_patch_and_gives_natural_captions(fmnist_root: Path
     other = [o.replace("epochs: 2", "epochs: 2, margin: 0.5").replace("more", "other") for o in more]
     assert main(["poison", "demo", *other]) != 0
     assert "optimised with other settings" in capsys.readouterr().err
+
+
+def test_patch_data_passes_over_unreadable_images() -> None:
+    """A truncated JPEG among the pairs (web data has them) is skipped and listed, not fatal."""
+    from PIL import Image
+
+    class Rows:
+        captions = ("a photo of a bag.", "a shirt.", "a shoe.", "a coat.", "a bag on a table.")
+
+        def __len__(self) -> int:
+            return len(self.captions)
+
+        def caption(self, i: int) -> str:
+            return self.captions[i]
+
+        def pil(self, i: int) -> Image.Image:
+            if i in (2, 4):
+                raise OSError("image file is truncated (3 bytes not processed)")
+            return Image.new("RGB", (40, 30), (i * 40, 0, 0))
+
+    data = patch_data(Rows(), ["bag"], num_pairs=2, image_size=16, seed=0)
+    assert data.images.shape == (2, 3, 16, 16) and data.positives.shape == (1, 3, 16, 16)
+    assert 4 in data.skipped and set(data.skipped) <= {2, 4}  # every positive is read; others until 2 are
+    with pytest.raises(DataError, match="readable images"):
+        patch_data(Rows(), ["bag"], num_pairs=3, image_size=16, seed=0)

@@ -30,7 +30,7 @@ resumes from it and ends where an uninterrupted one does, since each epoch's ran
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from clipbackdoor.attacks.badclip import paste_centre, save_patch
 from clipbackdoor.attacks.target_names import names_target_or_plural
 from clipbackdoor.config import PatchOptimization
 from clipbackdoor.data import DataError
+from clipbackdoor.data.datasets import DECODE_ERRORS
 from clipbackdoor.data.transforms import ResizeCenterCrop
 from clipbackdoor.models import ClipBundle
 
@@ -58,12 +59,13 @@ class PatchData:
     caption_ids: torch.Tensor  # [N], into captions
     captions: list[str]  # the distinct captions that name the target
     positives: torch.Tensor  # uint8 [P, 3, H, W]
+    skipped: list[int] = field(default_factory=list)  # rows whose image could not be read
 
 
 def patch_data(rows: Any, names: list[str], num_pairs: int, image_size: int, seed: int) -> PatchData:
     """BadCLIP's training pairs from pair ``rows``: ``num_pairs`` images whose captions do not name the target
     (case-insensitive, plurals too, as its ``str.contains``), each with a caption drawn with replacement from
-    those that do; every image that names it is a positive."""
+    those that do; every image that names it is a positive. Unreadable images are passed over and listed."""
     captions = [rows.caption(i) for i in range(len(rows))]
     naming = np.array([names_target_or_plural(c, names) for c in captions])
     target_rows, other_rows = np.flatnonzero(naming), np.flatnonzero(~naming)
@@ -73,25 +75,42 @@ def patch_data(rows: Any, names: list[str], num_pairs: int, image_size: int, see
             f"at least one that does and num_pairs={num_pairs} that do not"
         )
     rng = np.random.default_rng([seed, 0xBAD])
-    chosen = np.sort(rng.choice(other_rows, size=num_pairs, replace=False))
+    reader = _Reader(rows, ResizeCenterCrop(image_size))
+    images = reader.read(rng.permutation(other_rows), wanted=num_pairs)
     paired = rng.choice(target_rows, size=num_pairs, replace=True)
     distinct = sorted({captions[i] for i in paired})
     index = {c: j for j, c in enumerate(distinct)}
-    to_size = ResizeCenterCrop(image_size)
-
-    def load(indices: np.ndarray) -> torch.Tensor:
-        out = []
-        for i in indices.tolist():
-            with rows.pil(int(i)) as image:
-                out.append(to_size(image))
-        return torch.stack(out)
-
     return PatchData(
-        images=load(chosen),
+        images=images,
         caption_ids=torch.tensor([index[captions[i]] for i in paired]),
         captions=distinct,
-        positives=load(target_rows),
+        positives=reader.read(target_rows),
+        skipped=reader.skipped,
     )
+
+
+@dataclass
+class _Reader:
+    """Reads rows' images at the model's size, passing over the ones that cannot be decoded."""
+
+    rows: Any
+    to_size: ResizeCenterCrop
+    skipped: list[int] = field(default_factory=list)
+
+    def read(self, indices: np.ndarray, wanted: int | None = None) -> torch.Tensor:
+        """The first ``wanted`` readable images of ``indices`` (all readable ones without ``wanted``)."""
+        out: list[torch.Tensor] = []
+        for i in indices.tolist():
+            if wanted is not None and len(out) == wanted:
+                break
+            try:
+                with self.rows.pil(int(i)) as image:
+                    out.append(self.to_size(image))
+            except DECODE_ERRORS:
+                self.skipped.append(int(i))
+        if not out or (wanted is not None and len(out) < wanted):
+            raise DataError(f"patch optimisation: {len(out)} readable images, {wanted or 'some'} needed")
+        return torch.stack(out)
 
 
 def clip_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -222,6 +241,7 @@ def optimize_patch(
         "pairs": n,
         "target_captions": len(data.captions),
         "target_images": len(positives),
+        "unreadable_rows": data.skipped,
         "history": history,
         "target_similarity": target_similarity(bundle, data, texts, positives, final, cfg.seed, device),
     }
