@@ -37,8 +37,9 @@ def detection_table(index: Path) -> Table:
     return Table(["pre-training", "protocol (reference; k)", *columns], rows)
 
 
-def filter_table(index: Path) -> Table:
-    """Per objective: the poisoned model, what the filter dropped, the model pre-trained again, and the cost."""
+def filter_table(index: Path) -> Table | None:
+    """Per objective: the poisoned model, what the filter dropped, the model pre-trained again, and the cost
+    (None when the stage did not pre-train again: ``filter.retrain: false``)."""
     rows = []
     for e in json.loads(index.read_text()):
         filtered, poisoned = e["filtered"], e["poisoned"]
@@ -54,4 +55,4 @@ def filter_table(index: Path) -> Table:
         ])  # fmt: skip
     header = ["pre-training", "poisoned CA / ASR %", "dropped by", "pairs dropped", "poisons dropped",
               "filtered, pre-trained again: CA / ASR %", "compute"]  # fmt: skip
-    return Table(header, rows)
+    return Table(header, rows) if rows else None
