@@ -81,3 +81,23 @@ def test_the_small_study_recipe_in_miniature(tmp_path: Path) -> None:
     safeclip = [json.loads(x) for x in (root / "pretrain" / "safeclip" / "metrics.jsonl").read_text().splitlines()]
     splits = [r for r in safeclip if "safeclip/poison_safe_share" in r]
     assert [r["epoch"] for r in splits] == [3, 4, 5]  # the poisons' fate at every split
+
+
+def test_the_attacks_recipe_in_miniature(tmp_path: Path) -> None:
+    """configs/study-attacks.yaml itself, shrunk only in sizes (600 pairs, 200 eval images, one grid point, the
+    BadCLIP patch optimised 1 epoch on 128 pairs): the clean model, three attacks' studies, one attack table."""
+    sizes = ("{'poison.source': {source: fashion-mnist, split: train, max_samples: 600}, 'poison.num_poisons': 18, "
+             "'poison.cleaning': {size: 128, poisons: 0}, 'poison.target': {name: bag, aliases: [handbag, purse]}, "
+             "'train.epochs': 2, 'train.warmup_steps': 2, 'train.batch_size': 64, "
+             "'data.eval': {source: fashion-mnist, split: test, max_samples: 200}}")  # fmt: skip
+    grid = [f"defenses.{d}.space.train\\.lr.grid=[1.0e-3]" for d in ("mmcl-only", "cleanclip")]
+    args = [f"output_dir={tmp_path}", "workers=2", f"overrides={sizes}", *grid,
+            "attacks.badclip.overrides.poison\\.optimize={epochs: 1, num_pairs: 128, batch_size: 32}",
+            "filter.reference_size=256"]  # fmt: skip
+    assert main(["study", "study-attacks", *args]) == 0
+    root = tmp_path / "study-attacks"
+    report = (root / "report" / "report.md").read_text()
+    for attack in ("badnet", "blended", "badclip"):
+        assert report.count(f"| {attack} |") >= 3  # two pre-trainings, and its detection rows
+    assert "(3 seeds)" in report and "cleanclip: CA / ASR %" in report and "mmcl-only: CA / ASR %" in report
+    assert "Optimised triggers" in report
