@@ -51,6 +51,23 @@ def test_poison_then_pretrain_records_asr_every_epoch(fmnist_root: Path, tmp_pat
         assert 0 <= r["eval/asr_top1"] <= 100 and 0 <= r["eval/ra_top1"] <= 100
 
 
+def test_demo_command_starts_the_demo_study(tmp_path: Path, monkeypatch) -> None:
+    """`clipbackdoor demo`, the README's first command, reaches the study runner with the demo study (the whole
+    run is the slow test below; this one is CI's guard on the command itself)."""
+    import clipbackdoor.study.run
+
+    seen = {}
+
+    def fake_run_study(cfg, command=None, log=print, only=None):
+        seen.update(name=cfg.name, only=only, command=command)
+        (tmp_path / "report.md").write_text("# report\n")
+        return tmp_path / "report.md"
+
+    monkeypatch.setattr(clipbackdoor.study.run, "run_study", fake_run_study)
+    assert main(["demo", f"output_dir={tmp_path}"]) == 0
+    assert seen["name"] == "demo" and seen["only"] is None and seen["command"].startswith("clipbackdoor demo")
+
+
 @pytest.mark.slow  # CI: the rehearsal runs a study end to end, test_study_launch and test_study_seeds its resumption
 def test_demo_study_runs_every_stage_on_tiny_data_and_resumes(fmnist_root: Path, tmp_path: Path, capsys) -> None:
     base = dict(o.split("=", 1) for o in tiny_overrides(fmnist_root, tmp_path, **{"train.epochs": 1}))

@@ -108,7 +108,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The reduced study (configs/study-demo.yaml): every stage, sized for a laptop CPU."""
-    args.config = "study-demo"
+    args.config, args.only = "study-demo", None
     return cmd_study(args)
 
 
