@@ -101,3 +101,25 @@ def test_the_attacks_recipe_in_miniature(tmp_path: Path) -> None:
         assert report.count(f"| {attack} |") >= 3  # two pre-trainings, and its detection rows
     assert "(3 seeds)" in report and "cleanclip: CA / ASR %" in report and "mmcl-only: CA / ASR %" in report
     assert "Optimised triggers" in report
+
+
+def test_the_finetuning_threat_model_starts_every_poisoned_model_from_the_clean_one(tmp_path: Path) -> None:
+    """finetune: the poisoned models are the clean model fine-tuned on the poisoned data: each one's epoch-0
+    evaluation is the clean model's last (the same weights), and it trains at the fine-tuning overrides."""
+    sizes = ("{'poison.source': {source: fashion-mnist, split: train, max_samples: 600}, 'poison.num_poisons': 18, "
+             "'poison.cleaning': {size: 128, poisons: 0}, 'poison.target': {name: bag, aliases: [handbag, purse]}, "
+             "'train.epochs': 2, 'train.warmup_steps': 2, 'train.batch_size': 64, "
+             "'data.eval': {source: fashion-mnist, split: test, max_samples: 200}}")  # fmt: skip
+    args = [f"output_dir={tmp_path}", f"overrides={sizes}", "seeds=null", "filter=null",
+            "attacks={blended: {overrides: {poison.trigger: {name: blended, alpha: 0.2}}}}",
+            "finetune={overrides: {train.lr: 1.0e-4, train.epochs: 1, train.warmup_steps: 0}}",
+            "defenses.mmcl-only.space.train\\.lr.grid=[1.0e-3]", "defenses.cleanclip.space.train\\.lr.grid=[1.0e-3]"]  # fmt: skip
+    assert main(["study", "study-attacks", *args]) == 0
+    root = tmp_path / "study-attacks"
+    clean = [r for r in read_records(root / "pretrain" / "clean-model" / "metrics.jsonl") if r["kind"] == "epoch"]
+    for tag in ("mmcl", "mmcl-ssl"):
+        run = root / "attacks" / "blended" / "pretrain" / tag
+        epochs = [r for r in read_records(run / "metrics.jsonl") if r["kind"] == "epoch"]
+        assert epochs[0]["eval/clean_top1"] == clean[-1]["eval/clean_top1"]
+        assert [r["epoch"] for r in epochs] == [0, 1]
+        assert any(r.get("lr") == 1.0e-4 for r in read_records(run / "metrics.jsonl"))
