@@ -8,6 +8,7 @@ import pytest
 from clipbackdoor.cli import main
 from clipbackdoor.data import fashion_mnist
 from clipbackdoor.metrics_log import read_records
+from clipbackdoor.resolve import load_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -113,7 +114,7 @@ def test_the_finetuning_threat_model_starts_every_poisoned_model_from_the_clean_
     args = [f"output_dir={tmp_path}", f"overrides={sizes}", "seeds=null", "filter=null",
             "attacks={blended: {overrides: {poison.trigger: {name: blended, alpha: 0.2}}}}",
             "finetune={overrides: {train.lr: 1.0e-4, train.epochs: 1, train.warmup_steps: 0}}",
-            "defenses.mmcl-only.space.train\\.lr.grid=[1.0e-3]", "defenses.cleanclip.space.train\\.lr.grid=[1.0e-3]"]  # fmt: skip
+            *(f"defenses.{d}.space.train\\.lr.grid=[1.0e-3]" for d in ("mmcl-only", "cleanclip"))]  # fmt: skip
     assert main(["study", "study-attacks", *args]) == 0
     root = tmp_path / "study-attacks"
     clean = [r for r in read_records(root / "pretrain" / "clean-model" / "metrics.jsonl") if r["kind"] == "epoch"]
@@ -122,4 +123,5 @@ def test_the_finetuning_threat_model_starts_every_poisoned_model_from_the_clean_
         epochs = [r for r in read_records(run / "metrics.jsonl") if r["kind"] == "epoch"]
         assert epochs[0]["eval/clean_top1"] == clean[-1]["eval/clean_top1"]
         assert [r["epoch"] for r in epochs] == [0, 1]
-        assert any(r.get("lr") == 1.0e-4 for r in read_records(run / "metrics.jsonl"))
+        cfg = load_config(run / "config.yaml")
+        assert cfg.train.lr == 1.0e-4 and Path(cfg.model.checkpoint) == root / "pretrain" / "clean-model"
