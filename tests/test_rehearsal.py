@@ -322,4 +322,6 @@ def test_rehearsal_of_the_cc3m_attack_study(ci_web_data: SynthManifest, tmp_path
     assert (root / "attacks" / "badclip" / "pretrain" / "mmcl-seed2").is_dir()
     assert not (root / "attacks" / "badnet" / "pretrain" / "mmcl-seed1").exists()
     report = (root / "report" / "report.md").read_text()
-    assert report.count("| badclip |") == 2 and "(3 seeds)" in report
+    for attack in ("badnet", "blended", "badclip"):  # its two pre-trainings' rows, then their detection rows
+        assert report.count(f"| {attack} | MMCL (mmcl) |") == report.count(f"| {attack} | MMCL+SSL (mmcl-ssl) |") == 2
+    assert "| cleanclip: CA / ASR % |" in report and "(3 seeds)" in report and "Optimised triggers" in report
