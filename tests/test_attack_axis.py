@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from clipbackdoor.attacks.poison import choose_poisons
 from clipbackdoor.cli import main
+from clipbackdoor.config import FashionMNISTPairs
+from clipbackdoor.data import build_pair_rows
+from clipbackdoor.resolve import load_config
 from clipbackdoor.study.attack_axis import attack_study, clean_model_study
-from clipbackdoor.study.config import CLEAN_MODEL, load_study_config, pretrain_overrides
+from clipbackdoor.study.config import CLEAN_MODEL, load_study_config, pretrain_overrides, stage_overrides
 
 TINY = ("{{'poison.source': {{source: fashion-mnist, root: {root}}}, 'poison.num_poisons': 24, "
         "'poison.cleaning': {{size: 64, poisons: 0}}, 'poison.target': {{name: bag, aliases: [handbag, purse]}}, "
@@ -40,36 +44,42 @@ def test_attack_studies_share_the_clean_model_and_fill_badclip_in(tmp_path: Path
         load_study_config("study-attacks", ["clean_model=null", "finetune={}"])
 
 
-def test_a_study_with_an_attack_axis_runs_each_attack_and_reports_them_together(
+def test_every_attack_poisons_the_same_rows_and_so_cleans_on_the_same_set(fmnist_root: Path) -> None:
+    """Which rows are poisoned depends on poison.seed, the source and the count, not on the trigger or the
+    captions: every attack of study-attacks poisons the same rows (so its cleaning set is the same too)."""
+    cfg = load_study_config("study-attacks", [f"overrides={TINY.format(root=fmnist_root)}"])
+    rows = build_pair_rows(FashionMNISTPairs(root=str(fmnist_root)), seed=0)
+    captions = [rows.caption(i) for i in range(len(rows))]
+    chosen = []
+    for attack in ("badnet", "blended", "badclip"):
+        poison = load_config(cfg.base, stage_overrides(attack_study(cfg, attack))).poison
+        chosen.append(choose_poisons(captions, poison))
+    assert chosen[0] == chosen[1] == chosen[2] and len(chosen[0]) == 24
+
+
+def test_a_study_with_an_attack_axis_trains_the_clean_model_optimises_against_it_and_reports(
     fmnist_root: Path, tmp_path: Path
 ) -> None:
-    """Two attacks (BadNet and BadCLIP) x MMCL, detection without re-training, not cleaned (CI's time; the
-    defense columns run in the CC3M attack study's rehearsal, make test-slow): each attack's whole study in its
-    own directory, the same poisoned rows and cleaning set, one report."""
+    """One attack (BadCLIP) x MMCL, detection without re-training, not cleaned (CI's time; the defense columns
+    and three attacks run in make test-slow): the clean model, the patch optimised against it in the attack's
+    directory, the poisoned model, and the attack report, rebuilt the same by ``report``."""
     args = [
         f"output_dir={tmp_path}", f"overrides={TINY.format(root=fmnist_root)}", "workers=1",
-        "attacks={badnet: {overrides: {poison.trigger: {name: badnet, pattern: solid, size: 4, reference_size: 32}}},"
-        " badclip: {overrides: {poison.trigger: {name: badclip, size: 4, reference_size: 32},"
+        "attacks={badclip: {overrides: {poison.trigger: {name: badclip, size: 4, reference_size: 32},"
         " poison.optimize: {num_pairs: 32, batch_size: 16, epochs: 1}}}}",
         "pretrain={mmcl: {overrides: {objective: {mmcl: 1.0}}, clean: false}}",
-        "defenses={mmcl-only: {sampler: grid, space: {train.lr: {low: 1.0e-4, high: 1.0e-2, grid: [1.0e-3]}},"
-        " overrides: {train.epochs: 1, train.warmup_steps: 0}}}",
         "seeds=null", "filter.pretrain=[mmcl]", "filter.reference_size=128",
     ]  # fmt: skip
     assert main(["study", "study-attacks", *args]) == 0
     root = tmp_path / "study-attacks"
+    attack = root / "attacks" / "badclip"
     assert (root / "pretrain" / CLEAN_MODEL / "checkpoints").is_dir()
-    attacks = root / "attacks"
-    assert json.loads((attacks / "badclip" / "trigger" / "patch.json").read_text())["settings"]["surrogate"] == str(
+    assert json.loads((attack / "trigger" / "patch.json").read_text())["settings"]["surrogate"] == str(
         root / "pretrain" / CLEAN_MODEL
     )
-    manifests = {a: json.loads((attacks / a / "data" / "manifest.json").read_text()) for a in ("badnet", "badclip")}
-    assert manifests["badnet"]["poison_rows"] == manifests["badclip"]["poison_rows"]
-    assert manifests["badnet"]["cleaning"]["train_rows"] == manifests["badclip"]["cleaning"]["train_rows"]
+    assert json.loads((attack / "data" / "manifest.json").read_text())["trigger"]["name"] == "badclip"
     report = (root / "report" / "report.md").read_text()
-    for attack in ("badnet", "badclip"):
-        assert f"| {attack} | MMCL (mmcl) |" in report
-        assert (attacks / attack / "report" / "report.md").is_file()
+    assert "| badclip | MMCL (mmcl) |" in report and (attack / "report" / "report.md").is_file()
     assert "Per-sample detection AUROC per attack" in report and "image_dao" in report
     assert "| badclip | dual (margin 1, weight 500), 1 epochs, 32 pairs, 4 px |" in report  # the patch's diagnostic
     assert main(["report", str(root), "--out", str(tmp_path / "again")]) == 0
