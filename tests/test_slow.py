@@ -86,7 +86,7 @@ def test_the_small_study_recipe_in_miniature(tmp_path: Path) -> None:
 
 def test_the_attacks_recipe_in_miniature(tmp_path: Path) -> None:
     """configs/study-attacks.yaml itself, shrunk only in sizes (600 pairs, 200 eval images, one grid point, the
-    BadCLIP patch optimised 1 epoch on 128 pairs): the clean model, three attacks' studies, one attack table."""
+    BadCLIP patches optimised 1 epoch on 128 pairs): the clean model, four attacks' studies, one attack table."""
     sizes = ("{'poison.source': {source: fashion-mnist, split: train, max_samples: 600}, 'poison.num_poisons': 18, "
              "'poison.cleaning': {size: 128, poisons: 0}, 'poison.target': {name: bag, aliases: [handbag, purse]}, "
              "'train.epochs': 2, 'train.warmup_steps': 2, 'train.batch_size': 64, "
@@ -94,11 +94,12 @@ def test_the_attacks_recipe_in_miniature(tmp_path: Path) -> None:
     grid = [f"defenses.{d}.space.train\\.lr.grid=[1.0e-3]" for d in ("mmcl-only", "cleanclip")]
     args = [f"output_dir={tmp_path}", "workers=2", f"overrides={sizes}", *grid,
             "attacks.badclip.overrides.poison\\.optimize={epochs: 1, num_pairs: 128, batch_size: 32}",
+            "attacks.badclip-text.overrides.poison\\.optimize={epochs: 1, num_pairs: 128, batch_size: 32, loss: text}",
             "filter.reference_size=256"]  # fmt: skip
     assert main(["study", "study-attacks", *args]) == 0
     root = tmp_path / "study-attacks"
     report = (root / "report" / "report.md").read_text()
-    for attack in ("badnet", "blended", "badclip"):
+    for attack in ("badnet", "blended", "badclip", "badclip-text"):
         assert report.count(f"| {attack} |") >= 3  # two pre-trainings, and its detection rows
     assert "(3 seeds)" in report and "cleanclip: CA / ASR %" in report and "mmcl-only: CA / ASR %" in report
     assert "Optimised triggers" in report
