@@ -187,8 +187,11 @@ def optimize_patch(
     model = bundle.model.to(device).eval().requires_grad_(False)
     texts = _embed_texts(bundle, data.captions, device)
     positives = _embed_uint8(bundle, data.positives, device)
-    if len(positives) < cfg.batch_size:
-        raise DataError(f"patch optimisation: {len(positives)} target images, fewer than batch_size={cfg.batch_size}")
+    if min(len(positives), len(data.images)) < cfg.batch_size:
+        raise DataError(
+            f"patch optimisation: {len(positives)} target images and {len(data.images)} pairs; both need at least "
+            f"batch_size={cfg.batch_size}"
+        )
     logit_scale = model.logit_scale.exp()
     patch = torch.nn.Parameter(initial_patch(side, cfg.seed).to(device))
     optimizer = torch.optim.Adam([patch], lr=cfg.lr)
