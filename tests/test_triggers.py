@@ -1,4 +1,6 @@
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,6 +8,14 @@ import torch
 from PIL import Image
 
 from clipbackdoor.attacks import TRIGGERS, TriggerError, build_trigger, to_uint8
+from clipbackdoor.attacks.badclip import save_patch
+
+
+def _saved_patch() -> str:
+    """A patch file for the badclip spec: a seeded random one (these tests need its pixels, not an optimised one)."""
+    path = Path(tempfile.mkdtemp(prefix="badclip-")) / "patch.safetensors"
+    return str(save_patch(torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)), path))
+
 
 SPECS = [
     {"name": "badnet", "pattern": "noise", "size": 16},
@@ -17,7 +27,12 @@ SPECS = [
     {"name": "blended", "alpha": 0.2, "fresh_noise": True},
     {"name": "sig"},
     {"name": "wanet", "k": 4, "s": 0.5},
+    {"name": "badclip", "patch": _saved_patch(), "size": 4, "reference_size": 32},
 ]
+
+
+def _spec_id(spec: dict) -> str:
+    return "-".join(str(v) for k, v in spec.items() if k != "patch")
 
 
 def _images(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -147,7 +162,7 @@ def test_wanet_is_identity_without_strength_and_warps_with_it() -> None:
     assert grid.shape == (32, 32, 2) and float(grid.abs().max()) <= 1.0
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: "-".join(str(v) for v in s.values()))
+@pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
 def test_pil_and_batch_paths_give_the_same_pixels(spec: dict) -> None:
     trigger = build_trigger(spec)
     pixels = (np.arange(32 * 32 * 3).reshape(32, 32, 3) * 7 % 256).astype(np.uint8)
@@ -159,7 +174,7 @@ def test_pil_and_batch_paths_give_the_same_pixels(spec: dict) -> None:
         assert torch.equal(via_pil, via_batch[row])
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: "-".join(str(v) for v in s.values()))
+@pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
 def test_determinism_per_seed(spec: dict) -> None:
     x = _images()
     a = build_trigger({**spec, "seed": 1}).apply(x, torch.arange(4))
