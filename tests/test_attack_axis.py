@@ -12,9 +12,11 @@ from clipbackdoor.attacks.poison import choose_poisons
 from clipbackdoor.cli import main
 from clipbackdoor.config import FashionMNISTPairs
 from clipbackdoor.data import build_pair_rows
+from clipbackdoor.report.attacks import selected_or_lowest
 from clipbackdoor.resolve import load_config
 from clipbackdoor.study.attack_axis import attack_study, clean_model_study
 from clipbackdoor.study.config import CLEAN_MODEL, load_study_config, pretrain_overrides, stage_overrides
+from clipbackdoor.sweep.select import Point
 
 TINY = ("{{'poison.source': {{source: fashion-mnist, root: {root}}}, 'poison.num_poisons': 24, "
         "'poison.cleaning': {{size: 64, poisons: 0}}, 'poison.target': {{name: bag, aliases: [handbag, purse]}}, "
@@ -86,3 +88,13 @@ def test_a_study_with_an_attack_axis_trains_the_clean_model_optimises_against_it
     table = report[report.index("| attack") :]
     again = (tmp_path / "again" / "report.md").read_text()
     assert again[again.index("| attack") :] == table
+
+
+def test_a_defense_that_reaches_no_setting_shows_its_lowest_asr_marked() -> None:
+    """The study's rule where a setting reaches ASR <= 5 %; else the lowest-ASR point, marked as such (BadCLIP's
+    claim is that cleaning never gets there: the cell must say how far it got, not be empty)."""
+    reached = [Point(80.0, 4.0, 1, 0), Point(85.0, 4.9, 2, 0), Point(90.0, 60.0, 1, 1)]
+    assert selected_or_lowest(reached, 5.0) == (Point(85.0, 4.9, 2, 0), "")
+    failed = [Point(70.0, 89.6, 1, 0), Point(60.0, 35.0, 2, 0), Point(55.0, 35.0, 3, 0)]
+    point, note = selected_or_lowest(failed, 5.0)
+    assert point == Point(60.0, 35.0, 2, 0) and "none <= 5 %" in note

@@ -52,7 +52,7 @@ def _cell(records: list[dict] | None, point: tuple[float, float] | None, note: s
     return "-" if point is None else f"{point[0]:.2f} / {point[1]:.2f}{note}"
 
 
-def _selected(points: list[Point], asr_threshold: float) -> tuple[Point | None, str]:
+def selected_or_lowest(points: list[Point], asr_threshold: float) -> tuple[Point | None, str]:
     """The study's rule (highest CA at ASR <= threshold); when no setting reaches it, the lowest-ASR point, so
     that a defense that fails shows how far it got."""
     best = best_under(points, asr_threshold)
@@ -77,7 +77,7 @@ def attack_table(results: list[AttackResults], asr_threshold: float) -> Table:
             sweep = load_sweep(sweep_dir)
             defense, tag = sweep.defense, sweep.poisoned_run.name
             defenses += [defense] if defense not in defenses else []
-            chosen, note = _selected(sweep.points, asr_threshold)
+            chosen, note = selected_or_lowest(sweep.points, asr_threshold)
             cell = _cell(seeded.get((tag, defense)) if not note else None, chosen and (chosen.ca, chosen.asr), note)
             rows_by_key.setdefault((r.attack, tag), {})[defense] = cell
     rows = []
