@@ -108,6 +108,22 @@ def test_optimised_patch_moves_patched_images_toward_the_target(
     assert json.loads((tmp_path / "patch.json").read_text())["settings"]["loss"] == "dual"
 
 
+@pytest.mark.slow
+def test_at_weight_1_the_clip_term_moves_patched_images_away_from_the_target_images(
+    fmnist_root: Path, surrogate: Path, tmp_path: Path
+) -> None:
+    """Why the triplet weight is 500, not 1 (docs/attacks-and-defenses.md): with every caption naming the target,
+    the CLIP term is minimised by making the patched images alike, and at weight 1 it outweighs the triplet, so
+    the patched images end farther from the target images than the starting patch left them."""
+    bundle = create_model(ModelConfig(checkpoint=str(surrogate)))
+    cfg = PatchOptimization(surrogate=str(surrogate), num_pairs=96, batch_size=16, epochs=4, lr=0.05, weight=1.0)
+    record = optimize_patch(
+        bundle, _data(fmnist_root, bundle, 96), 8, cfg, tmp_path / "p.safetensors", torch.device("cpu")
+    )
+    sim = record["target_similarity"]
+    assert sim["optimised"]["to_images"] < sim["initial"]["to_images"], sim
+
+
 def test_resumed_optimisation_equals_an_uninterrupted_one(fmnist_root: Path, tmp_path: Path) -> None:
     """Stopped after epoch 1 (its state kept) and run again to 2 epochs = 2 epochs in one go, bit for bit."""
     torch.manual_seed(0)
