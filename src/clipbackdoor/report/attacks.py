@@ -72,7 +72,11 @@ def attack_table(results: list[AttackResults], asr_threshold: float) -> Table:
             tag = run_dir.name
             last = [x for x in read_records(run_dir / "metrics.jsonl") if x.get("kind") == "epoch"][-1]
             point = (last["eval/clean_top1"], last["eval/asr_top1"])
-            rows_by_key[(r.attack, tag)] = {"": _cell(seeded.get((tag, POISONED)), point)}
+            objective = objective_label(read_yaml(run_dir / "config.yaml").get("objective", {}))
+            rows_by_key[(r.attack, tag)] = {
+                "model": f"{objective} ({tag})",
+                "": _cell(seeded.get((tag, POISONED)), point),
+            }
         for sweep_dir in r.sweeps:
             sweep = load_sweep(sweep_dir)
             defense, tag = sweep.defense, sweep.poisoned_run.name
@@ -80,11 +84,10 @@ def attack_table(results: list[AttackResults], asr_threshold: float) -> Table:
             chosen, note = selected_or_lowest(sweep.points, asr_threshold)
             cell = _cell(seeded.get((tag, defense)) if not note else None, chosen and (chosen.ca, chosen.asr), note)
             rows_by_key.setdefault((r.attack, tag), {})[defense] = cell
-    rows = []
-    for (attack, tag), cells in rows_by_key.items():
-        run_dir = next(p for r in results if r.attack == attack for p in r.pretrained if p.name == tag)
-        objective = objective_label(read_yaml(run_dir / "config.yaml").get("objective", {}))
-        rows.append([attack, f"{objective} ({tag})", cells[""], *(cells.get(d, "-") for d in defenses)])
+    rows = [
+        [attack, cells["model"], cells[""], *(cells.get(d, "-") for d in defenses)]
+        for (attack, _), cells in rows_by_key.items()
+    ]
     return Table(["attack", "pre-training", "poisoned: CA / ASR %", *(f"{d}: CA / ASR %" for d in defenses)], rows)
 
 
