@@ -1,6 +1,4 @@
 import math
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +8,19 @@ from PIL import Image
 from clipbackdoor.attacks import TRIGGERS, TriggerError, build_trigger, to_uint8
 from clipbackdoor.attacks.badclip import save_patch
 
+PATCH = "<the session's patch file>"  # stands in for badclip's patch path until a test asks for the spec
 
-def _saved_patch() -> str:
-    """A patch file for the badclip spec: a seeded random one (these tests need its pixels, not an optimised one)."""
-    path = Path(tempfile.mkdtemp(prefix="badclip-")) / "patch.safetensors"
+
+@pytest.fixture(scope="session")
+def badclip_patch(tmp_path_factory) -> str:
+    """A patch file for the badclip spec: a seeded random one (these tests need its pixels, not an optimised one),
+    in pytest's own temporary directory, so that nothing is left behind."""
+    path = tmp_path_factory.mktemp("badclip") / "patch.safetensors"
     return str(save_patch(torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)), path))
+
+
+def _with_patch(spec: dict, patch: str) -> dict:
+    return {**spec, "patch": patch} if spec.get("patch") == PATCH else spec
 
 
 SPECS = [
@@ -27,7 +33,7 @@ SPECS = [
     {"name": "blended", "alpha": 0.2, "fresh_noise": True},
     {"name": "sig"},
     {"name": "wanet", "k": 4, "s": 0.5},
-    {"name": "badclip", "patch": _saved_patch(), "size": 4, "reference_size": 32},
+    {"name": "badclip", "patch": PATCH, "size": 4, "reference_size": 32},
 ]
 
 
@@ -163,8 +169,8 @@ def test_wanet_is_identity_without_strength_and_warps_with_it() -> None:
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
-def test_pil_and_batch_paths_give_the_same_pixels(spec: dict) -> None:
-    trigger = build_trigger(spec)
+def test_pil_and_batch_paths_give_the_same_pixels(spec: dict, badclip_patch: str) -> None:
+    trigger = build_trigger(_with_patch(spec, badclip_patch))
     pixels = (np.arange(32 * 32 * 3).reshape(32, 32, 3) * 7 % 256).astype(np.uint8)
     image = Image.fromarray(pixels, mode="RGB")
     batch = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).unsqueeze(0).repeat(3, 1, 1, 1)
@@ -175,7 +181,8 @@ def test_pil_and_batch_paths_give_the_same_pixels(spec: dict) -> None:
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
-def test_determinism_per_seed(spec: dict) -> None:
+def test_determinism_per_seed(spec: dict, badclip_patch: str) -> None:
+    spec = _with_patch(spec, badclip_patch)
     x = _images()
     a = build_trigger({**spec, "seed": 1}).apply(x, torch.arange(4))
     b = build_trigger({**spec, "seed": 1}).apply(x, torch.arange(4))
@@ -185,7 +192,7 @@ def test_determinism_per_seed(spec: dict) -> None:
         assert not torch.equal(a, c)
 
 
-def test_parameters_are_validated_and_serialisable() -> None:
+def test_parameters_are_validated_and_serialisable(badclip_patch: str) -> None:
     with pytest.raises(TriggerError, match=r"trigger\.size"):
         build_trigger({"name": "badnet", "size": 0})
     with pytest.raises(TriggerError, match=r"trigger\.colour"):
@@ -193,5 +200,5 @@ def test_parameters_are_validated_and_serialisable() -> None:
     with pytest.raises(TriggerError, match="unknown trigger 'trojan'"):
         build_trigger({"name": "trojan"})
     for spec in SPECS:
-        trigger = build_trigger(spec)
+        trigger = build_trigger(_with_patch(spec, badclip_patch))
         assert build_trigger(trigger.model_dump(mode="json")) == trigger
