@@ -94,6 +94,10 @@ def test_plan_of_the_cc3m_attack_study_runs_the_paper_s_stages_per_attack(gpus: 
     seeded = [name for name in stages if "seed" in name]
     assert seeded and all(name.startswith("[badclip]") for name in seeded)
     assert not any("detect with" in name for name in stages)
+    finetuned = {s.name: s for s in plan_study(load_study_config("study-attacks-cc3m", ["finetune={}"]), gpus=gpus)}
+    start = "runs/study-attacks-cc3m/pretrain/clean-model"
+    assert f"[badclip] fine-tune (from {start}) mmcl" in finetuned and "pre-train clean-model" in finetuned
+    assert not any(name.startswith("[badnet] pre-train") for name in finetuned)
 
 
 def test_cc6m_cleans_on_200k_pairs_for_10_epochs() -> None:

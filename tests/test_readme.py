@@ -43,3 +43,24 @@ def test_small_study_tables_are_the_committed_study_report_s() -> None:
     readme = (ROOT / "README.md").read_text()  # the headline result: the same table
     headline = readme[readme.index("## The headline result") :]
     _assert_shows_the_report_s_best_table(headline, RESULTS / "study-fmnist" / "report.md")
+
+
+def _attack_rows(text: str) -> dict[tuple[str, str], list[str]]:
+    """The attack table's body rows (the first table after its heading) by (attack, pre-training)."""
+    rows = {}
+    for line in text[text.index("\n| attack") :].strip().splitlines():
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] not in ("attack", "---"):
+            rows[(cells[0], cells[1])] = cells[2:]
+    return rows
+
+
+def test_attacks_page_table_is_the_committed_attack_report_s() -> None:
+    page = (RESULTS / "attacks.md").read_text()
+    report = (RESULTS / "study-attacks" / "report.md").read_text()
+    shown, made = _attack_rows(page), _attack_rows(report)
+    assert made and set(made) <= set(shown)
+    for key, cells in made.items():  # a page may add to a cell, never change it
+        assert all(s.startswith(c) for s, c in zip(shown[key], cells, strict=True)), (key, shown[key], cells)

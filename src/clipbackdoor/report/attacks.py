@@ -120,9 +120,12 @@ def patch_table(results: list[AttackResults]) -> Table | None:
         record = json.loads(r.patch_record.read_text())
         sim, first, last = record["target_similarity"], record["history"][0], record["history"][-1]
         settings = record["settings"]
+        triplet = "triplet" in last  # margin and weight mean something only where the loss has the triplet term
+        loss = settings["loss"]
+        if triplet:
+            loss += f" (margin {settings['margin']:g}, weight {settings['weight']:g})"
         rows.append([
-            r.attack, f"{settings['loss']} (margin {settings['margin']:g}, weight {settings['weight']:g}), "
-            f"{len(record['history'])} epochs, {record['pairs']:,} pairs, {record['side']} px",
+            r.attack, f"{loss}, {len(record['history'])} epochs, {record['pairs']:,} pairs, {record['side']} px",
             *(" / ".join(f"{sim[k][to]:.3f}" for k in ("clean", "initial", "optimised"))
               for to in ("to_captions", "to_images")),
             ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in last),

@@ -318,11 +318,13 @@ def _pretrain_stage(
         raise ConfigError(f"study {study.name}: its base config '{study.base}' has no poison section")
     counted = count_pairs(cfg.poison.source)
     pairs = Count(counted.n, f"poison.source: {counted.source}")
-    name = f"pre-train {run_name(tag, seed)}"
+    # under the fine-tuning threat model the poisoned model starts from the clean one: the plan says from which
+    train = "pre-train" if study.finetune is None else f"fine-tune (from {cfg.model.checkpoint})"
+    name = f"{train} {run_name(tag, seed)}"
     if drop_percent is not None:
         kept = None if counted.n is None else counted.n - round(counted.n * drop_percent / 100)
         pairs = Count(kept, f"{pairs.source}, less the {drop_percent:g} % the detection stage drops")
-        name = f"detect with {tag}, drop {drop_percent:g} % of the pairs, pre-train {run_name(tag, filtered=True)}"
+        name = f"detect with {tag}, drop {drop_percent:g} % of the pairs, {train} {run_name(tag, filtered=True)}"
     processes = gpus or launcher_processes(study.pretrain_launcher)
     launcher = f"--gpus {gpus}" if gpus else " ".join(study.pretrain_launcher) or "python"
     stage = plan_stage(

@@ -45,7 +45,8 @@ def run_pretraining(
     (resuming it), unless it is finished; returns its last epoch record. Output goes to
     ``<study>/pretrain/<name>.log`` and ``log``."""
     run = load_config(cfg.base, pretrain_overrides(cfg, tag, seed, filtered))
-    log(f"== pre-training {run.name} (objective {run.objective}, seed {run.seed}) -> {run.run_dir}")
+    start = "" if cfg.finetune is None else f", fine-tuned from {run.model.checkpoint}"
+    log(f"== pre-training {run.name} (objective {run.objective}, seed {run.seed}{start}) -> {run.run_dir}")
     if pretrain_finished(run):
         log(f"   finished earlier: read back from {run.run_dir}")
     else:
